@@ -1,0 +1,17 @@
+"""Errors that reach the user as one clear line."""
+
+
+class ChatRWKVError(Exception):
+    """Base class: the message is a complete, user-facing sentence."""
+
+
+class CheckpointError(ChatRWKVError):
+    """A checkpoint file that cannot be read or is not a known RWKV layout."""
+
+
+class StateFileError(ChatRWKVError):
+    """A state / session file that cannot be read or belongs to another model."""
+
+
+class TokenizerError(ChatRWKVError):
+    """A tokenizer that cannot be loaded or does not fit the model."""

@@ -1,0 +1,40 @@
+"""Model registry and loader: the version is read from the checkpoint's keys and shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..errors import CheckpointError
+from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel, resolve_device, resolve_dtype
+from .v4 import RWKV4
+from .v5 import RWKV5
+from .v6 import RWKV6
+from .v7 import RWKV7
+
+MODEL_CLASSES: tuple[type[RWKVModel], ...] = (RWKV7, RWKV6, RWKV5, RWKV4)
+
+__all__ = ["MODEL_CLASSES", "ModelConfig", "RWKVModel", "detect_version", "load_model"]
+
+
+def detect_version(ckpt: Checkpoint) -> tuple[type[RWKVModel], str]:
+    """The model class and exact version string of a checkpoint, or a CheckpointError."""
+    found = [(cls, v) for cls in MODEL_CLASSES if (v := cls.detect(ckpt)) is not None]
+    if len(found) != 1:
+        raise CheckpointError(f"{ckpt.path}: not a known RWKV layout (v4, v5.x, v6, v7)"
+                              + ("" if not found else " (ambiguous)"))
+    return found[0]
+
+
+def load_model(path: Path | str, device: str | None = None, dtype: str | None = None,
+               chunk_len: int = DEFAULT_CHUNK_LEN) -> RWKVModel:
+    """Load any official RWKV checkpoint; every failure is one line naming the file."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    ckpt = Checkpoint.open(path)
+    cls, _ = detect_version(ckpt)
+    try:
+        return cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len)
+    except (RuntimeError, OSError) as e:
+        # A damaged tensor in an mmap-ed file surfaces only when it is read.
+        raise CheckpointError(f"{ckpt.path}: damaged checkpoint ({str(e).splitlines()[0][:160]})") from None

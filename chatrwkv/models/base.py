@@ -1,0 +1,111 @@
+"""The interface every RWKV version module implements, and the precision / device options.
+
+A version module (`v4.py`, `v5.py`, `v6.py`, `v7.py`) defines one `RWKVModel` subclass. Its
+classmethod `detect` looks at tensor names and shapes only and returns the exact version string
+("5.2", "7.0", ...) or None; `__init__` derives the frozen config from the weights, prepares them
+once (transposes, folds, casts), and from then on `forward` runs tokens through the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..errors import ChatRWKVError
+from ..state import State
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                  "fp16": torch.float16}
+DEFAULT_CHUNK_LEN = 256
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None` means CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ChatRWKVError(f"unknown device '{device}' (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ChatRWKVError("--device cuda was asked for, but no CUDA GPU is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ChatRWKVError(f"unsupported device '{device}' (use cpu or cuda)")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> str:
+    """Default fp32 on CPU (no fast 16-bit GEMM there), fp16 on CUDA."""
+    if dtype is None:
+        return "fp16" if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ChatRWKVError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPES)})")
+    if device.type == "cpu" and dtype == "fp16":
+        raise ChatRWKVError("fp16 is not supported on CPU (use fp32 or bf16)")
+    return dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What every version shares; versions extend it with their own fields (LoRA widths, ...)."""
+
+    version: str      # "4", "5.0", "5.1", "5.2", "6.0", "7.0"
+    n_layer: int
+    n_embd: int       # C
+    vocab_size: int
+    n_head: int       # H (v4 has no heads: 1)
+    head_size: int    # N (v4: C)
+    ffn_dim: int
+
+
+class RWKVModel(ABC):
+    """One loaded model: prepared weights plus the config derived from them.
+
+    `forward(tokens, state)` advances `state` in place and returns fp32 logits: `[V]` for the
+    last token, or `[T, V]` with `full_output=True`. One token runs the RNN path; more tokens run
+    the parallel sequence path in chunks of `chunk_len`. Callers snapshot with `state.clone()`.
+    """
+
+    state_class: ClassVar[type[State]]
+    config: ModelConfig
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
+                 chunk_len: int = DEFAULT_CHUNK_LEN):
+        if chunk_len < 1:
+            raise ChatRWKVError(f"chunk length must be at least 1, got {chunk_len}")
+        self.path = ckpt.path
+        self.device = device
+        self.dtype_name = dtype
+        self.dtype = DTYPES[dtype]
+        self.chunk_len = chunk_len
+        self.fingerprint = ckpt.fingerprint()
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, ckpt: Checkpoint) -> str | None:
+        """The exact version string if the keys and shapes are this version's layout, else None."""
+
+    @abstractmethod
+    def zero_state(self) -> State:
+        """The initial state (all zeros, or v4's -1e30 maxima), on the model's device."""
+
+    @abstractmethod
+    def forward(self, tokens: Sequence[int], state: State, full_output: bool = False) -> torch.Tensor:
+        """Run `tokens` (at least one), advancing `state` in place; return fp32 logits."""
+
+    def identity(self) -> dict[str, str]:
+        """What a state file must match to be loaded into this model."""
+        c = self.config
+        return {"version": c.version, "n_layer": str(c.n_layer), "n_embd": str(c.n_embd),
+                "n_head": str(c.n_head), "head_size": str(c.head_size),
+                "vocab_size": str(c.vocab_size), "fingerprint": self.fingerprint}
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"RWKV v{c.version} L{c.n_layer} D{c.n_embd} H{c.n_head}x{c.head_size} "
+                f"vocab {c.vocab_size} ({self.device.type} {self.dtype_name})")

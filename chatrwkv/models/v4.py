@@ -1,0 +1,12 @@
+"""RWKV v4 (placeholder until implemented)."""
+
+from __future__ import annotations
+
+from ..checkpoint import Checkpoint
+from .base import RWKVModel
+
+
+class RWKV4(RWKVModel):
+    @classmethod
+    def detect(cls, ckpt: Checkpoint) -> str | None:
+        return None
