@@ -148,6 +148,6 @@ class Checkpoint:
             h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
         for key in ("emb.weight", "head.weight"):
             if key in self.tensors:
-                sample = self.tensors[key].flatten()[:4096].float().contiguous()
+                sample = self.tensors[key].detach().flatten()[:4096].float().contiguous()
                 h.update(sample.numpy().tobytes())
         return h.hexdigest()[:16]

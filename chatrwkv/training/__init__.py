@@ -1,0 +1,1 @@
+"""Training the tiny demo model: data preparation (`shakespeare`) and the trainer (`trainer`)."""
