@@ -23,4 +23,8 @@ def load_reference(path: Path | str, version: str, strategy: str = "cpu fp32"):
     stem = str(path)[: -len(".pth")]
     if version.startswith("7"):
         return _ref.RWKV_x070(stem, strategy)
-    return _ref.RWKV(stem, strategy, verbose=False)
+    # With RWKV_V7_ON=1 the module rebinds the name `RWKV` to RWKV_x070; the v4-v6 class is
+    # still there as a ScriptModule subclass named RWKV.
+    v4_to_v6 = next(c for c in _ref.MyModule.__subclasses__()
+                    if c.__module__ == _ref.__name__ and c.__name__ == "RWKV")
+    return v4_to_v6(stem, strategy, verbose=False)
