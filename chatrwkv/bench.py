@@ -1,0 +1,278 @@
+"""`chatrwkv bench MODEL...`: load time, peak memory, prefill and decode speed, state size.
+
+This module plans the runs and prints the report. Every measurement runs in a fresh worker
+process (`chatrwkv.bench_worker`), one per model, dtype and engine, so that the memory peak and
+the warm caches of one cannot leak into the next; the worker documents the protocol, which is
+the same for chatrwkv and for the official `rwkv` package (`--reference`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from .errors import ChatRWKVError
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="chatrwkv bench", description="Speed and memory of chatrwkv on RWKV checkpoints "
+        "(each measured in a fresh process), optionally next to the official rwkv package.")
+    ap.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint file(s)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default=None, metavar="D[,D...]",
+                    help="weight precision(s), comma-separated, e.g. fp32,bf16 (default: the "
+                    "loader's default for the device)")
+    ap.add_argument("--chunk-len", type=_positive, metavar="N",
+                    help="prefill chunk length (default: the loader's)")
+    ap.add_argument("--prompt-len", type=_positive, default=512, metavar="N",
+                    help="random prompt tokens for the prefill (default 512)")
+    ap.add_argument("--decode-tokens", type=_positive, default=64, metavar="N",
+                    help="greedy tokens decoded one at a time (default 64)")
+    ap.add_argument("--runs", type=_positive, default=5, metavar="N",
+                    help="timed runs after the warm-up; speeds are their median (default 5)")
+    ap.add_argument("--threads", type=_positive, default=_default_threads(), metavar="N",
+                    help="torch CPU threads (default: all usable cores)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    ap.add_argument("--reference", action="store_true",
+                    help="also run the official rwkv package on the same file (.pth only)")
+    ap.add_argument("--reference-strategy", metavar="S",
+                    help="its strategy (default: 'cpu fp32' on CPU, 'cuda fp16' on CUDA)")
+    ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return ap
+
+
+# --- parent: plan, run workers, compare ---------------------------------------------------------
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one engine on one model in a fresh process; an error becomes {"error": line}."""
+    with tempfile.TemporaryDirectory(prefix="chatrwkv-bench-") as tmp:
+        spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        # The worker must import this very chatrwkv, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
+                                                        env.get("PYTHONPATH")) if p)
+        proc = subprocess.run([sys.executable, "-m", "chatrwkv.bench_worker", str(spec_path),
+                               str(out_path)], check=False, capture_output=True, text=True,
+                              env=env)
+        if out_path.exists():
+            result = json.loads(out_path.read_text())
+        else:
+            lines = proc.stderr.strip().splitlines()
+            result = {"error": lines[-1] if lines else f"worker exit status {proc.returncode}"}
+    result.setdefault("engine", spec["engine"])
+    result.setdefault("label", spec["label"])
+    return result
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    return ours / theirs if theirs else None
+
+
+def _compare(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """chatrwkv / official for each measure (> 1 is faster for speeds, bigger for the rest)."""
+    agree = 0
+    for a, b in zip(ours["decode_ids"], ref["decode_ids"]):
+        if a != b:
+            break
+        agree += 1
+    return {
+        "prefill_x": _ratio(ours["prefill_tok_s"]["median"], ref["prefill_tok_s"]["median"]),
+        "decode_x": _ratio(ours["decode_tok_s"]["median"], ref["decode_tok_s"]["median"]),
+        "load_time_x": _ratio(ours["load_s"], ref["load_s"]),
+        "rss_peak_x": _ratio(ours["rss_peak_bytes"], ref["rss_peak_bytes"]),
+        "greedy_tokens_agree": agree,
+    }
+
+
+def _model_facts(path: Path) -> dict[str, Any]:
+    """Version and vocabulary from the checkpoint (memory-mapped, so cheap)."""
+    from .checkpoint import Checkpoint
+    from .models import detect_version
+
+    ckpt = Checkpoint.open(path)
+    _, version = detect_version(ckpt)
+    return {"path": str(path), "version": version, "file_bytes": path.stat().st_size,
+            "vocab_size": ckpt.shape("emb.weight")[0],
+            "params": sum(t.numel() for t in ckpt.tensors.values())}
+
+
+def _resolve(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from .modelstore import resolve_model
+
+    return resolve_model(spec)
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": _default_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every (model, dtype), plus the official package per model; return the report."""
+    from .models.base import resolve_device
+
+    device = resolve_device(args.device)
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
+    strategy = args.reference_strategy
+    if strategy is None:
+        from .bench_reference import default_strategy
+
+        strategy = default_strategy(device.type, dtypes[0])
+    protocol = {"prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
+                "runs": args.runs, "threads": args.threads, "seed": args.seed,
+                "warmup": "one untimed prefill of the prompt and two decode steps"}
+    report: dict[str, Any] = {"machine": _machine(device), "protocol": protocol, "models": []}
+    for spec in args.models:
+        facts = _model_facts(_resolve(spec))
+        gen = torch.Generator().manual_seed(args.seed)
+        prompt = torch.randint(0, facts["vocab_size"], (args.prompt_len,), generator=gen).tolist()
+        base = {"model": facts["path"], "version": facts["version"], "prompt": prompt,
+                "decode_tokens": args.decode_tokens, "runs": args.runs, "threads": args.threads}
+        results = []
+        for dtype in dtypes:
+            _progress(f"chatrwkv {dtype or '(default dtype)'} on {facts['path']}")
+            results.append(_run_worker({**base, "engine": "chatrwkv", "device": str(device),
+                                        "dtype": dtype, "chunk_len": args.chunk_len,
+                                        "label": f"chatrwkv {dtype or 'default'}"}))
+        if args.reference:
+            _progress(f"official {strategy} on {facts['path']}")
+            ref_spec = {**base, "engine": "official", "strategy": strategy,
+                        "label": f"official {strategy}"}
+            if Path(facts["path"]).suffix == ".pth":
+                ref = _run_worker(ref_spec)
+            else:  # its loader appends '.pth' to the name
+                ref = {"engine": "official", "label": ref_spec["label"],
+                       "error": "the official package reads only .pth files"}
+            results.append(ref)
+            for r in results[:-1]:
+                if "error" not in r and "error" not in ref:
+                    r["vs_reference"] = _compare(r, ref)
+        report["models"].append({**facts, "results": results})
+    return report
+
+
+def _progress(text: str) -> None:
+    print(f"bench: {text} ...", file=sys.stderr, flush=True)
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _speed(s: dict[str, Any]) -> str:
+    return f"{_num(s['median'])} ({_num(s['min'])}-{_num(s['max'])})"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f}" if n >= 2**20 else f"{n / 2**20:.2f}"
+
+
+def render(report: dict[str, Any], file: TextIO | None = None) -> None:
+    """The report as rich tables: the measures, then the ratios to the official package."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    file = file or sys.stdout
+    console = Console(file=file, highlight=False, width=None if file.isatty() else 132)
+    p, m = report["protocol"], report["machine"]
+    table = Table(title="chatrwkv bench", caption=(
+        f"prefill: {p['prompt_len']} random tokens; decode: {p['decode_tokens']} greedy tokens; "
+        f"tok/s as median (min-max) of {p['runs']} run(s) after a warm-up; "
+        f"{p['threads']} thread(s); {m.get('gpu') or m['cpu']}; torch {m['torch']}"))
+    versus = Table(title="chatrwkv / official (speed: higher is better; load, RSS: lower)")
+    for name in ("model", "engine", "load s", "weights MiB", "peak RSS MiB", "RSS/weights",
+                 "prefill tok/s", "decode tok/s", "state KiB"):
+        table.add_column(name, justify="left" if name in ("model", "engine") else "right")
+    for name in ("model", "engine", "prefill", "decode", "load time", "peak RSS",
+                 "greedy tokens agree"):
+        versus.add_column(name, justify="left" if name in ("model", "engine") else "right")
+    errors: list[str] = []
+    for model in report["models"]:
+        name = f"{Path(model['path']).name} (v{model['version']})"
+        for r in model["results"]:
+            if "error" in r:
+                table.add_row(name, r["label"], Text("failed", style="red"))
+                errors.append(f"{name} {r['label']}: {r['error']}")
+                continue
+            rss = _mib(r["rss_peak_bytes"])
+            if r.get("gpu_peak_bytes") is not None:
+                rss += f" (GPU {_mib(r['gpu_peak_bytes'])})"
+            table.add_row(name, r["label"], f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
+                          f"{r['rss_peak_bytes'] / max(r['weight_bytes'], 1):.2f}",
+                          _speed(r["prefill_tok_s"]), _speed(r["decode_tok_s"]),
+                          f"{r['state_bytes'] / 1024:.0f}")
+            if (vs := r.get("vs_reference")) is not None:
+                versus.add_row(name, r["label"], *(_times(vs[k]) for k in (
+                    "prefill_x", "decode_x", "load_time_x", "rss_peak_x")),
+                    f"{vs['greedy_tokens_agree']}/{len(r['decode_ids'])}")
+    console.print(table)
+    if versus.row_count:
+        console.print(versus)
+    for line in errors:
+        console.print(Text(line, style="red"), soft_wrap=True)
+
+
+def _times(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_bench(args)
+    except ChatRWKVError as e:
+        print(f"chatrwkv: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        render(report)
+    failed = any("error" in r for m in report["models"] for r in m["results"])
+    return 1 if failed else 0
+
+if __name__ == "__main__":
+    sys.exit(main())

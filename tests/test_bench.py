@@ -1,0 +1,144 @@
+"""`chatrwkv bench`: the protocol on a fake engine, and whole runs (fresh worker processes) on
+tiny checkpoints, next to the official package. Fields are checked for sense, never for speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatrwkv import bench, bench_worker
+from chatrwkv.models import load_model
+from chatrwkv.synth import write_checkpoint
+
+TINY_V7 = {"n_layer": 2, "n_embd": 64, "vocab_size": 300, "head_size": 16}
+TINY_V4 = {"n_layer": 2, "n_embd": 64, "vocab_size": 300}
+FAST = ["--prompt-len", "16", "--decode-tokens", "4", "--runs", "2", "--threads", "1"]
+
+
+class FakeEngine:
+    """Logits that point at (7 * last token + 1) mod V, so the greedy chain is known."""
+
+    label, device, vocab = "fake", "cpu", 50
+
+    def __init__(self) -> None:
+        self.resets, self.prefills, self.steps = 0, [], []
+
+    def _logits(self, token: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor((7 * token + 1) % self.vocab),
+                                           self.vocab).float()
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def prefill(self, tokens: list[int]) -> torch.Tensor:
+        self.prefills.append(list(tokens))
+        return self._logits(tokens[-1])
+
+    def step(self, token: int) -> torch.Tensor:
+        self.steps.append(token)
+        return self._logits(token)
+
+
+def test_measure_runs_the_protocol_and_feeds_back_the_argmax():
+    engine, prompt = FakeEngine(), [3, 9, 4]
+    out = bench_worker.measure(engine, prompt, decode_tokens=5, runs=3)
+    chain = [(7 * 4 + 1) % 50]
+    for _ in range(4):
+        chain.append((7 * chain[-1] + 1) % 50)
+    assert out["decode_ids"] == chain
+    assert engine.resets == 1 + 3                       # warm-up, then every run from zero
+    assert engine.prefills == [prompt] * 4
+    assert len(engine.steps) == 2 + 3 * 5
+    for key in ("prefill_tok_s", "decode_tok_s"):
+        s = out[key]
+        assert len(s["runs"]) == 3 and all(v > 0 for v in s["runs"])
+        assert s["min"] <= s["median"] <= s["max"]
+
+
+def test_tensor_bytes_counts_each_storage_once():
+    @dataclasses.dataclass
+    class Holder:
+        a: torch.Tensor
+        b: tuple
+
+    big = torch.zeros(100, 10)                          # 4000 bytes
+    held = Holder(a=big, b=(big[3], big.t(), {"x": torch.zeros(5, dtype=torch.bfloat16)}))
+    assert bench_worker.tensor_bytes([held, held]) == 4000 + 10
+
+
+@pytest.fixture(scope="module")
+def v7_path(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("bench") / "tiny7.pth", "7.0", seed=3,
+                            **TINY_V7)
+
+
+def _check_result(r: dict, runs: int = 2, decode_tokens: int = 4) -> None:
+    assert "error" not in r, r.get("error")
+    assert r["load_s"] > 0
+    for key in ("prefill_tok_s", "decode_tok_s"):
+        s = r[key]
+        assert len(s["runs"]) == runs and s["min"] > 0
+        assert s["min"] <= s["median"] <= s["max"]
+    assert len(r["decode_ids"]) == decode_tokens
+    # A peak is never below what the process held at any earlier moment.
+    assert 0 < r["rss_baseline_bytes"] <= r["rss_load_peak_bytes"] <= r["rss_peak_bytes"]
+
+
+def test_bench_json_next_to_the_official_package(v7_path, capsys):
+    rc = bench.main([str(v7_path), "--json", "--reference", "--dtype", "fp32", *FAST])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert report["protocol"]["prompt_len"] == 16 and report["protocol"]["threads"] == 1
+    (model,) = report["models"]
+    assert model["version"] == "7.0" and model["vocab_size"] == TINY_V7["vocab_size"]
+    ours, ref = model["results"]
+    assert (ours["label"], ref["label"]) == ("chatrwkv fp32", "official cpu fp32")
+    _check_result(ours)
+    _check_result(ref)
+
+    state_bytes = load_model(v7_path, device="cpu", dtype="fp32").zero_state().nbytes
+    assert ours["state_bytes"] == ref["state_bytes"] == state_bytes
+    # fp32 weights: 4 bytes a parameter, less the unused layer-0 value LoRA.
+    assert 0.9 < ours["weight_bytes"] / (4 * model["params"]) <= 1.0
+    assert abs(ours["weight_bytes"] / ref["weight_bytes"] - 1) < 0.05
+
+    vs = ours["vs_reference"]
+    assert vs["decode_x"] == pytest.approx(ours["decode_tok_s"]["median"]
+                                           / ref["decode_tok_s"]["median"])
+    assert vs["prefill_x"] == pytest.approx(ours["prefill_tok_s"]["median"]
+                                            / ref["prefill_tok_s"]["median"])
+    # Same weights, same fp32 arithmetic up to rounding: the same greedy continuation.
+    assert vs["greedy_tokens_agree"] == 4
+    assert ours["decode_ids"] == ref["decode_ids"]
+
+
+def test_bench_table_and_a_failing_dtype(tmp_path, capsys):
+    path = write_checkpoint(tmp_path / "tiny4.safetensors", "4", seed=1, **TINY_V4)
+    rc = bench.main([str(path), "--dtype", "bf16,fp99", "--reference", *FAST])
+    out = capsys.readouterr().out
+    assert rc == 1                                      # a row failed
+    assert "decode tok/s" in out and "chatrwkv bf16" in out
+    assert "unknown dtype 'fp99'" in out
+    assert "the official package reads only .pth files" in out
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    assert bench.main([str(tmp_path / "nope.pth"), *FAST]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_make_checkpoints_lists_the_official_sizes(capsys):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("make_checkpoints", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "v7-0.1b" in listed and "L12 D768" in listed
+    with pytest.raises(SystemExit):
+        module.main(["v7-9000b"])
