@@ -1,0 +1,181 @@
+"""Command line: `chatrwkv [options]` chats; `chatrwkv pull|list|info|bench|train ...` dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .commands import check_temperature, check_top_p
+from .errors import ChatRWKVError
+
+# name -> (module, whether the module's argv starts at the subcommand name)
+SUBCOMMANDS: dict[str, tuple[str, bool]] = {
+    "pull": ("chatrwkv.hub", True),
+    "list": ("chatrwkv.hub", True),
+    "info": ("chatrwkv.hub", True),
+    "bench": ("chatrwkv.bench", False),
+    "train": ("chatrwkv.training.cli", False),
+}
+
+NO_MODEL = ("chatrwkv: no model given. Start with `chatrwkv --model PATH` (an RWKV .pth or "
+            ".safetensors checkpoint); `chatrwkv list` shows downloadable models and "
+            "`chatrwkv pull NAME` fetches one.")
+
+EPILOG = """\
+in the chat:
+  type a message and press Enter; Alt+Enter (or Esc then Enter) adds a new line,
+  or start a block with a line of three double quotes and end it the same way.
+  +help lists the commands (+gen, +qa, +, ++, +++, +reset, +prompt FILE, ...).
+  -temp=X and -top_p=Y in a line apply to that line only.
+  Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves.
+
+piped input (stdin not a terminal): each line is a message or command, replies go to stdout:
+  printf 'hi\\n+gen Once upon a time\\n' | chatrwkv --model M
+
+other commands:
+  chatrwkv list | pull NAME | info MODEL   official models: list, download, inspect
+  chatrwkv bench ...                       speed table
+  chatrwkv train ...                       train the tiny demo model
+"""
+
+
+def _number(check):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        problem = check(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sampling import SamplingSettings
+
+    d = SamplingSettings()
+    ap = argparse.ArgumentParser(
+        prog="chatrwkv", description="Chat with an RWKV language model (v4, v5, v6, v7) in the "
+        "terminal.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = ap.add_argument_group("model")
+    m.add_argument("--model", metavar="PATH", help="checkpoint file (.pth / .safetensors) or the "
+                   "name of a model fetched with `chatrwkv pull`")
+    m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="weight precision (default: fp32 on CPU, fp16 on CUDA)")
+    m.add_argument("--chunk-len", type=_positive_int, default=256, metavar="N",
+                   help="tokens per parallel prefill chunk (default 256)")
+    m.add_argument("--tokenizer", metavar="PATH",
+                   help="tokenizer file (default: World or Pile, from the vocabulary size)")
+    c = ap.add_argument_group("conversation")
+    c.add_argument("--prompt", metavar="FILE", help="prompt file (TOML) or a shipped prompt name: "
+                   "english-world, english-pile, chinese, english-qa (default follows the "
+                   "tokenizer)")
+    c.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N",
+                   help="length of free generation (+gen, +i, +qq, +qa; default 256)")
+    s = ap.add_argument_group("sampling (defaults as ChatRWKV)")
+    s.add_argument("--temp", type=_number(check_temperature), default=d.temperature,
+                   metavar="T", help=f"temperature, 0 = greedy (default {d.temperature})")
+    s.add_argument("--top-p", type=_number(check_top_p), default=d.top_p, metavar="P",
+                   help=f"nucleus cutoff (default {d.top_p})")
+    s.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+                   help="keep only the K likeliest tokens, 0 = off (default 0)")
+    s.add_argument("--presence", type=_non_negative, default=d.presence, metavar="X",
+                   help=f"presence penalty (default {d.presence})")
+    s.add_argument("--frequency", type=_non_negative, default=d.frequency, metavar="X",
+                   help=f"frequency penalty (default {d.frequency})")
+    s.add_argument("--decay", type=_number(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+                   default=d.decay, metavar="X",
+                   help=f"penalty decay per generated token (default {d.decay})")
+    s.add_argument("--seed", type=int, help="random seed, for a reproducible transcript")
+    return ap
+
+
+def _dispatch(name: str, argv: list[str]) -> int:
+    module_name, with_name = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module_name.startswith(e.name):
+            raise
+        print(f"chatrwkv: `chatrwkv {name}` is not available in this installation",
+              file=sys.stderr)
+        return 2
+    return int(module.main(argv if with_name else argv[1:]) or 0)
+
+
+def _resolve_model(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    try:
+        from .modelstore import resolve_model
+    except ImportError:
+        return path  # the loader gives the one-line "no such file"
+    return resolve_model(spec)
+
+
+def build_session(args: argparse.Namespace, model_path: Path):
+    """Load the model, its tokenizer and the prompt; read the prompt into the state."""
+    from .models import load_model
+    from .prompts import default_prompt_name, load_prompt
+    from .sampling import SamplingSettings
+    from .session import Session
+    from .tokenizer import load_tokenizer
+
+    model = load_model(model_path, device=args.device, dtype=args.dtype, chunk_len=args.chunk_len)
+    tokenizer = load_tokenizer(model.config.vocab_size, args.tokenizer)
+    prompt = load_prompt(args.prompt or default_prompt_name(tokenizer.name))
+    settings = SamplingSettings(temperature=args.temp, top_p=args.top_p, top_k=args.top_k,
+                                presence=args.presence, frequency=args.frequency,
+                                decay=args.decay)
+    session = Session(model, tokenizer, prompt, settings=settings, seed=args.seed,
+                      max_tokens=args.max_tokens)
+    session.start(prompt)
+    return session
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _dispatch(argv[0], argv)
+    args = build_parser().parse_args(argv)
+    if args.top_k < 0:
+        build_parser().error("--top-k must be >= 0")
+    if args.model is None:
+        print(NO_MODEL, file=sys.stderr)
+        return 2
+    from . import ui
+
+    try:
+        session = build_session(args, _resolve_model(args.model))
+    except ChatRWKVError as e:
+        ui.print_error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty())

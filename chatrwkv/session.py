@@ -1,0 +1,379 @@
+"""A chat session: text, templates, named snapshots, and ChatRWKV v2's command semantics.
+
+Every command starts from a named `Snapshot` (state + last logits + token ids + transcript +
+sampling settings) and saves the snapshots ChatRWKV does:
+
+    message      chat      -> feed "{user}: {msg}\\n\\n{bot}:" -> chat_pre -> reply -> chat
+    +            chat_pre  -> reply -> chat
+    +reset       chat_init -> chat
+    +prompt F    zero      -> feed F's init -> chat_init, chat
+    +gen/+i/+qq  zero      -> feed template -> gen_0 -> free text -> gen_1
+    +qa          chat_init -> feed "{user}: {q}\\n\\n{bot}:" -> gen_0 -> free text -> gen_1
+    ++           gen_0     -> free text -> gen_1
+    +++          gen_1 (also saved as gen_0, so ++ resamples the continuation) -> gen_1
+
+Snapshots are never mutated after they are saved (work happens on clones), so one snapshot can
+sit under two names. `handle()` yields events for the UI; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import re
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from . import commands as C
+from .errors import ChatRWKVError
+from .prompts import Prompt, load_prompt
+from .runtime import Cancelled, Runtime, Timing
+from .sampling import (
+    LogitRules,
+    Penalty,
+    Sampler,
+    SamplingSettings,
+    chat_newline_bias,
+    qa_newline_bias,
+    single_tokens,
+)
+from .state import State
+
+AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
+CHAT_MAX_TOKENS = 999      # ChatRWKV's bound; the newline schedule ends replies long before
+SPLIT_CHAR_EXTRA = 16      # tokens allowed past --max-tokens to finish a split character
+INSTRUCTION = ("\nBelow is an instruction that describes a task. Write a response that "
+               "appropriately completes the request.\n\n# Instruction:\n{text}\n\n# Response:\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    role: str   # "prompt", "user", "bot", "input" (free-generation input), "text" (free output)
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A point in a conversation. `logits` is None only for the zero state."""
+
+    state: State
+    logits: torch.Tensor | None
+    tokens: tuple[int, ...]
+    transcript: tuple[Turn, ...]
+    settings: SamplingSettings
+
+
+# --- events the UI renders ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyStart:
+    speaker: str | None  # the bot's name for a chat reply, None for free text
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    text: str  # whole characters, literal text
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    tokens: int
+    prefill: Timing
+    decode: Timing
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyEnd:
+    stats: Stats
+    interrupted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowHelp:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitRequested:
+    pass
+
+
+Event = Info | Problem | ReplyStart | Chunk | ReplyEnd | ShowHelp | ExitRequested
+
+
+def collapse_blank_lines(text: str) -> str:
+    """A blank line would end the turn, so a message keeps single newlines only."""
+    return re.sub(r"\n\s*\n", "\n", text.replace("\r\n", "\n")).strip()
+
+
+class Session:
+    """Owns the model's conversation. Set `cancel` (from a signal handler) to stop a reply."""
+
+    def __init__(self, model, tokenizer, prompt: Prompt, *,
+                 settings: SamplingSettings | None = None, seed: int | None = None,
+                 max_tokens: int = 256, chat_max_tokens: int = CHAT_MAX_TOKENS,
+                 runtime: Runtime | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.runtime = runtime or Runtime(model)
+        self.prompt = prompt
+        self.settings = settings or SamplingSettings()
+        self.max_tokens = max_tokens
+        self.chat_max_tokens = chat_max_tokens
+        self.generator = torch.Generator()
+        self.reseed(seed)
+        self.cancel = threading.Event()
+        self.slots: dict[str, Snapshot] = {}
+        # The Pile model was trained on "\n\n" as 187, 187; World models see what encode gives.
+        self.pile_fixup = tokenizer.name == "pile"
+        nl, eot = tokenizer.newline_id, tokenizer.end_of_text_id
+        no_repeat = single_tokens(tokenizer.encode, AVOID_REPEAT)
+        self.chat_rules = LogitRules(banned=frozenset({eot}), no_repeat=no_repeat,
+                                     newline_id=nl, newline_bias=chat_newline_bias)
+        self.free_rules = LogitRules(no_repeat=no_repeat)
+        self.qa_rules = LogitRules(no_repeat=no_repeat, newline_id=nl,
+                                   newline_bias=qa_newline_bias)
+
+    # --- snapshots and feeding -----------------------------------------------------------------
+
+    def reseed(self, seed: int | None) -> None:
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def zero(self) -> Snapshot:
+        return Snapshot(self.model.zero_state(), None, (), (), self.settings)
+
+    def encode_fed(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if self.pile_fixup and text.endswith("\n\n") and ids[-1:] == [
+                self.tokenizer.double_newline_id]:
+            nl = self.tokenizer.newline_id
+            ids = ids[:-1] + [nl, nl]
+        return ids
+
+    def feed(self, base: Snapshot, text: str, turns: tuple[Turn, ...], settings: SamplingSettings,
+             timing: Timing | None = None, cancellable: bool = True) -> Snapshot:
+        """A new snapshot: `base` advanced by `text`. Raises Cancelled (base untouched)."""
+        ids = self.encode_fed(text)
+        state = base.state.clone()
+        logits = self.runtime.prefill(ids, state, timing=timing,
+                                      cancel=self.cancel if cancellable else None)
+        return Snapshot(state, logits, base.tokens + tuple(ids), base.transcript + turns, settings)
+
+    def start(self, prompt: Prompt) -> Timing:
+        """Feed `prompt` from the zero state; it becomes `chat_init` and `chat`."""
+        timing = Timing()
+        snap = self.feed(self.zero(), prompt.init, (Turn("prompt", prompt.init),), self.settings,
+                         timing)
+        self.prompt = prompt
+        self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
+        self.slots["chat_init"] = self.slots["chat"] = snap
+        return timing
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def handle(self, command: C.Command) -> Iterator[Event]:
+        """Run one command, yielding events. A failure is one Problem and changes nothing."""
+        self.cancel.clear()
+        handler = getattr(self, "_on_" + type(command).__name__.lower(), None)
+        if handler is None:
+            yield Problem(f"no handler for {type(command).__name__}")
+            return
+        settings = self.settings.with_overrides(command.overrides.temperature,
+                                                command.overrides.top_p)
+        try:
+            yield from handler(command, settings)
+        except Cancelled:
+            yield Info("stopped; nothing changed")
+        except ChatRWKVError as e:
+            yield Problem(str(e))
+
+    def _on_empty(self, cmd: C.Empty, settings: SamplingSettings) -> Iterator[Event]:
+        return iter(())
+
+    def _on_parseerror(self, cmd: C.ParseError, settings: SamplingSettings) -> Iterator[Event]:
+        yield Problem(cmd.message)
+
+    def _on_help(self, cmd: C.Help, settings: SamplingSettings) -> Iterator[Event]:
+        yield ShowHelp()
+
+    def _on_exit(self, cmd: C.Exit, settings: SamplingSettings) -> Iterator[Event]:
+        yield ExitRequested()
+
+    def _on_reset(self, cmd: C.Reset, settings: SamplingSettings) -> Iterator[Event]:
+        self.slots["chat"] = self.slots["chat_init"]
+        self.slots.pop("chat_pre", None)  # `+` must not resurrect a message from before the reset
+        yield Info("Chat reset.")
+
+    def _on_loadprompt(self, cmd: C.LoadPrompt, settings: SamplingSettings) -> Iterator[Event]:
+        prompt = load_prompt(cmd.path)
+        timing = self.start(prompt)
+        yield Info(f"Prompt '{prompt.name}' loaded ({timing.tokens} tokens): "
+                   f"you are {prompt.user}, talking with {prompt.bot}.")
+
+    def _on_message(self, cmd: C.Message, settings: SamplingSettings) -> Iterator[Event]:
+        msg = collapse_blank_lines(cmd.text)
+        p = self.prompt
+        text = f"{p.turn(p.user, msg)}\n\n{p.turn(p.bot, '')}"
+        timing = Timing()
+        pre = self.feed(self.slots["chat"], text, (Turn("user", msg),), settings, timing)
+        self.slots["chat_pre"] = pre
+        yield from self._chat_reply(pre, settings, timing)
+
+    def _on_regenerate(self, cmd: C.Regenerate, settings: SamplingSettings) -> Iterator[Event]:
+        if "chat_pre" not in self.slots:
+            yield Problem("nothing to regenerate yet: send a message first")
+            return
+        yield from self._chat_reply(self.slots["chat_pre"], settings, Timing())
+
+    def _on_generate(self, cmd: C.Generate, settings: SamplingSettings) -> Iterator[Event]:
+        p, rules, base = self.prompt, self.free_rules, self.zero()
+        if cmd.kind == "gen":
+            text = "\n" + cmd.text.strip()
+        elif cmd.kind == "i":
+            text = INSTRUCTION.format(text=collapse_blank_lines(cmd.text))
+        elif cmd.kind == "qq":
+            text = f"\nQ: {cmd.text.strip()}\nA:"
+        else:  # "qa": the prompt's context, the history ignored
+            base, rules = self.slots["chat_init"], self.qa_rules
+            text = f"{p.turn(p.user, collapse_blank_lines(cmd.text))}\n\n{p.turn(p.bot, '')}"
+        timing = Timing()
+        start = self.feed(base, text, (Turn("input", text),), settings, timing)
+        self.slots["gen_0"] = start
+        yield from self._free_text(start, settings, rules, timing)
+
+    def _on_retry(self, cmd: C.Retry, settings: SamplingSettings) -> Iterator[Event]:
+        if "gen_0" not in self.slots:
+            yield Problem("nothing to resample yet: use +gen, +i, +qq or +qa first")
+            return
+        yield from self._free_text(self.slots["gen_0"], settings, self._rules_of("gen_0"),
+                                   Timing())
+
+    def _on_continue(self, cmd: C.Continue, settings: SamplingSettings) -> Iterator[Event]:
+        if "gen_1" not in self.slots:
+            yield Problem("nothing to continue yet: use +gen, +i, +qq or +qa first")
+            return
+        self.slots["gen_0"] = self.slots["gen_1"]
+        yield from self._free_text(self.slots["gen_1"], settings, self._rules_of("gen_1"),
+                                   Timing())
+
+    def _rules_of(self, slot: str) -> LogitRules:
+        """`+qa` text keeps its newline rule when resampled or continued."""
+        first = next((t for t in self.slots[slot].transcript if t.role == "input"), None)
+        p = self.prompt
+        is_qa = first is not None and first.text.startswith(p.turn(p.user, ""))
+        return self.qa_rules if is_qa else self.free_rules
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _generation(self, start: Snapshot, settings: SamplingSettings, rules: LogitRules,
+                    stop_tokens: frozenset[int]):
+        assert start.logits is not None
+        return self.runtime.generate(
+            start.state.clone(), start.logits,
+            sampler=Sampler(settings.temperature, settings.top_p, settings.top_k),
+            penalty=Penalty(start.logits.shape[-1], settings.presence, settings.frequency,
+                            settings.decay),
+            rules=rules, generator=self.generator,
+            last_token=start.tokens[-1] if start.tokens else None,
+            stop_tokens=stop_tokens, cancel=self.cancel)
+
+    def _chat_reply(self, pre: Snapshot, settings: SamplingSettings,
+                    prefill: Timing) -> Iterator[Event]:
+        """Sample a reply after `pre` until a blank line or the user's name; save `chat`."""
+        p = self.prompt
+        stops = ("\n\n", "\n" + p.turn(p.user, ""))
+        gen = self._generation(pre, settings, self.chat_rules, frozenset())
+        stream = self.tokenizer.stream()
+        text, shown, cut = "", 0, None
+        yield ReplyStart(p.bot)
+        for _ in gen:
+            text += stream.feed(gen.tokens[-1])
+            found = [i for i in (text.find(s) for s in stops) if i >= 0]
+            if found:
+                cut = min(found)
+                break
+            begin = max(shown, len(text) - len(text.lstrip()))  # no leading blanks on screen
+            end = _safe_end(text, stops)
+            if end > begin:
+                yield Chunk(text[begin:end])
+                shown = end
+            if len(gen.tokens) >= self.chat_max_tokens:
+                break
+        fed_text = text + stream.flush()
+        kept = text[:cut] if cut is not None else text.rstrip("\n")
+        tail = kept.rstrip()[max(shown, len(kept) - len(kept.lstrip())):]
+        if tail:
+            yield Chunk(tail)
+        # Close the turn as a finished reply is closed, so state and transcript stay in step.
+        target = kept + "\n\n"
+        turn = (Turn("bot", kept.strip()),)
+        if fed_text == target:
+            done = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens),
+                            pre.transcript + turn, settings)
+        elif target.startswith(fed_text):
+            after = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens), (), settings)
+            done = self.feed(after, target[len(fed_text):], (), settings, cancellable=False)
+            done = dataclasses.replace(done, transcript=pre.transcript + turn)
+        else:  # the sampled tokens ran past the stop: re-read the kept reply from `chat_pre`
+            done = self.feed(pre, target, turn, settings, cancellable=False)
+        self.slots["chat"] = done
+        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
+
+    def _free_text(self, start: Snapshot, settings: SamplingSettings, rules: LogitRules,
+                   prefill: Timing) -> Iterator[Event]:
+        """Free text after `start` until end-of-text or max tokens; save `gen_1`."""
+        gen = self._generation(start, settings, rules,
+                               frozenset({self.tokenizer.end_of_text_id}))
+        stream = self.tokenizer.stream()
+        pieces: list[str] = []
+        yield ReplyStart(None)
+        for token in gen:
+            piece = stream.feed(token)
+            if piece:
+                pieces.append(piece)
+                yield Chunk(piece)
+            n = len(gen.tokens)
+            if n >= self.max_tokens and (n >= self.max_tokens + SPLIT_CHAR_EXTRA
+                                         or _complete_utf8(self.tokenizer, gen.tokens)):
+                break
+        rest = stream.flush()
+        if rest:
+            pieces.append(rest)
+            yield Chunk(rest)
+        self.slots["gen_1"] = Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens),
+                                       start.transcript + (Turn("text", "".join(pieces)),),
+                                       settings)
+        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
+
+
+def _safe_end(text: str, stops: tuple[str, ...]) -> int:
+    """How much of `text` can be shown: hold back a tail that may be the start of a stop."""
+    end = len(text)
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                end = min(end, len(text) - k)
+                break
+    return end
+
+
+def _complete_utf8(tokenizer, ids: list[int]) -> bool:
+    """True when the generated bytes end on a character boundary."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(tokenizer.decode_bytes(ids[-8:]), final=False)
+    return not decoder.getstate()[0]

@@ -1,0 +1,236 @@
+"""The terminal: prompt_toolkit reads lines, rich draws the banner, help and stats; model text is
+written literally (never parsed as markup). The only module that reads the keyboard or prints.
+
+Two modes: interactive (a terminal on both ends) and piped (each stdin line is a message or
+command, replies go to stdout without decoration, notes and errors to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import commands as C
+from .prompts import shipped_names
+from .session import (
+    Chunk,
+    Event,
+    ExitRequested,
+    Info,
+    Problem,
+    ReplyEnd,
+    ReplyStart,
+    Session,
+    ShowHelp,
+    Stats,
+)
+
+BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
+
+
+def state_dir() -> Path:
+    """$CHATRWKV_HOME, else $XDG_STATE_HOME/chatrwkv, else ~/.local/state/chatrwkv."""
+    if home := os.environ.get("CHATRWKV_HOME"):
+        return Path(home).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "chatrwkv"
+
+
+def print_error(message: str) -> None:
+    print(f"chatrwkv: {message}", file=sys.stderr)
+
+
+@contextmanager
+def ctrl_c_stops(session: Session) -> Iterator[None]:
+    """While a command runs, Ctrl-C asks the session to stop (between tokens) instead of raising
+    in the middle of a forward pass."""
+    def on_sigint(signum, frame):
+        session.cancel.set()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def help_rows() -> list[tuple[str, str]]:
+    return [(spec.usage, spec.help) for spec in C.COMMANDS.values()]
+
+
+def stats_line(stats: Stats, interrupted: bool) -> str:
+    p, d = stats.prefill, stats.decode
+    parts = [f"{stats.tokens} tokens"]
+    if p.tokens:
+        parts.append(f"prefill {p.tokens} tok at {p.rate:.0f} tok/s")
+    if d.tokens:
+        parts.append(f"decode {d.rate:.1f} tok/s")
+    if interrupted:
+        parts.append("stopped")
+    return " · ".join(parts)
+
+
+# --- piped mode --------------------------------------------------------------------------------
+
+def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
+    for line in lines:
+        for event in _run_command(session, line.rstrip("\r\n")):
+            if isinstance(event, Chunk):
+                out.write(event.text)
+                out.flush()
+            elif isinstance(event, ReplyEnd):
+                out.write("\n")
+                out.flush()
+            elif isinstance(event, (Info, Problem)):
+                err.write(("chatrwkv: " if isinstance(event, Problem) else "") + event.text + "\n")
+                err.flush()
+            elif isinstance(event, ShowHelp):
+                out.write("".join(f"{u:<14} {h}\n" for u, h in help_rows()))
+                out.write(C.OPTIONS_HELP + "\n")
+            elif isinstance(event, ExitRequested):
+                return 0
+    return 0
+
+
+def _run_command(session: Session, line: str) -> Iterator[Event]:
+    with ctrl_c_stops(session):
+        yield from session.handle(C.parse(line))
+
+
+# --- interactive mode --------------------------------------------------------------------------
+
+class Terminal:
+    def __init__(self, session: Session, console: Console | None = None):
+        self.session = session
+        self.console = console or Console(highlight=False)
+
+    def banner(self) -> None:
+        s, p = self.session, self.session.prompt
+        describe = getattr(s.model, "describe", lambda: "model")()
+        self.console.print(Text.assemble(("chatrwkv", "bold"), f"  {describe}", style="cyan"))
+        self.console.print(Text(f"prompt '{p.name}': you are {p.user}, talking with {p.bot}. "
+                                "+help lists commands, Ctrl-C stops a reply, Ctrl-D leaves.",
+                                style="dim"))
+
+    def show_help(self) -> None:
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for usage, text in help_rows():
+            table.add_row(Text(usage, style="bold"), Text(text))
+        self.console.print(table)
+        self.console.print(Text(C.OPTIONS_HELP, style="dim"))
+        self.console.print(Text("Alt+Enter (or Esc Enter) adds a line; a line of \"\"\" starts "
+                                "and ends a block.", style="dim"))
+
+    def toolbar(self) -> str:
+        s = self.session
+        describe = getattr(s.model, "describe", lambda: "model")()
+        return (f" {describe} | prompt {s.prompt.name} | T {s.settings.temperature:g} "
+                f"top-p {s.settings.top_p:g} ")
+
+    def render(self, events: Iterable[Event]) -> bool:
+        """Print events; False when the user asked to leave."""
+        out = self.console.file
+        for event in events:
+            if isinstance(event, ReplyStart):
+                if event.speaker:
+                    out.write(f"{event.speaker}{self.session.prompt.separator} ")
+                out.flush()
+            elif isinstance(event, Chunk):
+                out.write(event.text)  # literal: model text is never markup
+                out.flush()
+            elif isinstance(event, ReplyEnd):
+                out.write("\n")
+                self.console.print(Text(stats_line(event.stats, event.interrupted), style="dim"))
+                out.write("\n")
+                out.flush()
+            elif isinstance(event, Info):
+                self.console.print(Text(event.text, style="dim"))
+            elif isinstance(event, Problem):
+                self.console.print(Text(event.text, style="bold red"))
+            elif isinstance(event, ShowHelp):
+                self.show_help()
+            elif isinstance(event, ExitRequested):
+                return False
+        return True
+
+    def prompt_session(self) -> PromptSession:
+        keys = KeyBindings()
+
+        @keys.add("escape", "enter")
+        def _newline(event) -> None:
+            event.current_buffer.insert_text("\n")
+
+        history = InMemoryHistory()
+        try:
+            folder = state_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(folder / "history"))
+        except OSError as e:
+            self.console.print(Text(f"(history not kept: {e.strerror})", style="dim"))
+        return PromptSession(history=history, completer=ChatCompleter(), key_bindings=keys,
+                             bottom_toolbar=self.toolbar, complete_while_typing=False,
+                             enable_history_search=False)
+
+    def read(self, prompt_session: PromptSession) -> str:
+        """One input: a line, an Alt+Enter multi-line text, or a \"\"\" block."""
+        p = self.session.prompt
+        text = prompt_session.prompt(f"{p.user}{p.separator} ")
+        if text.strip() != BLOCK:
+            return text
+        lines = []
+        while (line := prompt_session.prompt("... ")).strip() != BLOCK:
+            lines.append(line)
+        return "\n".join(lines)
+
+    def loop(self) -> int:
+        self.banner()
+        prompt_session = self.prompt_session()
+        while True:
+            try:
+                line = self.read(prompt_session)
+            except KeyboardInterrupt:
+                continue  # Ctrl-C on the prompt clears the line
+            except EOFError:
+                return 0
+            if not self.render(_run_command(self.session, line)):
+                return 0
+
+
+class ChatCompleter(Completer):
+    """Command names after '+', file paths (and shipped prompt names) after '+prompt '."""
+
+    def __init__(self) -> None:
+        self.paths = PathCompleter(expanduser=True)
+
+    def get_completions(self, document: Document, complete_event) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        if text.lower().startswith("+prompt "):
+            arg = text[len("+prompt "):].lstrip()
+            if "/" not in arg:
+                for name in shipped_names():
+                    if name.startswith(arg):
+                        yield Completion(name, start_position=-len(arg))
+            yield from self.paths.get_completions(Document(arg, len(arg)), complete_event)
+        elif text.startswith("+") and not any(ch.isspace() for ch in text):
+            for name in C.COMMANDS:
+                if name.startswith(text.lower()) and name != text.lower():
+                    yield Completion(name, start_position=-len(text))
+
+
+def run(session: Session, interactive: bool) -> int:
+    if interactive:
+        return Terminal(session).loop()
+    return run_piped(session, sys.stdin, sys.stdout, sys.stderr)

@@ -1,0 +1,143 @@
+"""Fakes for the chat layers: a byte-level tokenizer and a tiny deterministic RNN "model".
+
+They implement the interfaces the session uses (tokenizer: encode/decode/decode_bytes/stream/ids;
+model: zero_state/forward/chunk_len/config), so the session and the UI can be tested without the
+engine. The model is a real recurrence: its logits depend on every token fed, in order.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+
+import torch
+
+from chatrwkv.state import State
+
+EOT, DOUBLE_NEWLINE = 0, 257
+VOCAB = 260
+
+
+class FakeStream:
+    def __init__(self, tok: FakeTokenizer):
+        self.tok = tok
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self.decoder.decode(self.tok.decode_bytes([token]))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class FakeTokenizer:
+    """Ids: 0 end-of-text, 1 + b for byte b, 257 "\\n\\n" (like World's 261 / Pile's 535)."""
+
+    vocab_size = VOCAB
+    end_of_text_id = EOT
+    newline_id = 1 + 10
+    double_newline_id = DOUBLE_NEWLINE
+
+    def __init__(self, name: str = "world"):
+        self.name = name
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(text.split("\n\n")):
+            if i:
+                ids.append(DOUBLE_NEWLINE)
+            ids.extend(1 + b for b in part.encode("utf-8"))
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        out = bytearray()
+        for t in ids:
+            if t == DOUBLE_NEWLINE:
+                out += b"\n\n"
+            elif 1 <= t <= 256:
+                out.append(t - 1)
+        return bytes(out)
+
+    def decode(self, ids) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream(self) -> FakeStream:
+        return FakeStream(self)
+
+
+@dataclasses.dataclass
+class FakeState(State):
+    h: torch.Tensor  # [1, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    vocab_size: int = VOCAB
+    version: str = "fake"
+
+
+class FakeModel:
+    """h <- tanh(A h + E[token]); logits = U h + bias. Text-like bias: letters and newlines
+    are likely, so replies are short and end on their own."""
+
+    chunk_len = 4
+    config = FakeConfig()
+    dim = 32
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        d = self.dim
+        self.A = torch.randn(d, d, generator=g) / d ** 0.5
+        self.E = torch.randn(VOCAB, d, generator=g)
+        self.U = torch.randn(VOCAB, d, generator=g) * 1.5
+        self.bias = torch.full((VOCAB,), -9.0)
+        for ch in "abcdefghijklmnopqrstuvwxyz ":
+            self.bias[1 + ord(ch)] = 0.0
+        self.bias[1 + 10] = -1.0
+        self.bias[DOUBLE_NEWLINE] = -1.5
+        self.calls: list[list[int]] = []
+
+    def zero_state(self) -> FakeState:
+        return FakeState(h=torch.zeros(1, self.dim))
+
+    def describe(self) -> str:
+        return "fake RNN (tests)"
+
+    def forward(self, tokens, state: FakeState, full_output: bool = False) -> torch.Tensor:
+        assert tokens, "forward needs tokens"
+        self.calls.append(list(tokens))
+        h = state.h[0]
+        for t in tokens:
+            h = torch.tanh(self.A @ h + self.E[t])
+        state.h[0] = h
+        return self.U @ h + self.bias
+
+
+@dataclasses.dataclass
+class LastTokenState(State):
+    last: torch.Tensor  # [1] the last token fed (-1: none)
+
+
+class BigramModel:
+    """Greedy-friendly: after token t the logits strongly favour `follow[t]` (by characters)."""
+
+    chunk_len = 8
+    config = FakeConfig()
+
+    def __init__(self, follow: dict[str, str], default: str = "a"):
+        tok = FakeTokenizer()
+        self.table = torch.zeros(VOCAB, VOCAB)
+        self.table[:, tok.encode(default)[0]] = 100.0
+        for a, b in follow.items():
+            self.table[tok.encode(a)[0]] = 0.0
+            self.table[tok.encode(a)[0], tok.encode(b)[0]] = 100.0
+
+    def zero_state(self) -> LastTokenState:
+        return LastTokenState(last=torch.tensor([-1]))
+
+    def describe(self) -> str:
+        return "bigram (tests)"
+
+    def forward(self, tokens, state: LastTokenState, full_output: bool = False) -> torch.Tensor:
+        state.last[0] = tokens[-1]
+        return self.table[tokens[-1]].clone()
