@@ -6,6 +6,7 @@ Its v7 class exists only when RWKV_V7_ON=1 is set before the import, and its loa
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -13,7 +14,19 @@ os.environ["RWKV_V7_ON"] = "1"
 os.environ.setdefault("RWKV_JIT_ON", "1")
 os.environ["RWKV_CUDA_ON"] = "0"
 
-import rwkv.model as _ref  # noqa: E402
+# With RWKV_V7_ON=1 the module rebinds the name `RWKV` to RWKV_x070; after that only reference
+# cycles keep the v4-v6 class alive and the next gc.collect() frees it (then __subclasses__()
+# no longer lists it). Hold it here, with the collector paused across the import.
+_gc_was_on = gc.isenabled()
+gc.disable()
+try:
+    import rwkv.model as _ref
+
+    _RWKV_V4_TO_V6 = next(c for c in _ref.MyModule.__subclasses__()
+                          if c.__module__ == _ref.__name__ and c.__name__ == "RWKV")
+finally:
+    if _gc_was_on:
+        gc.enable()
 
 
 def load_reference(path: Path | str, version: str, strategy: str = "cpu fp32"):
@@ -23,8 +36,11 @@ def load_reference(path: Path | str, version: str, strategy: str = "cpu fp32"):
     stem = str(path)[: -len(".pth")]
     if version.startswith("7"):
         return _ref.RWKV_x070(stem, strategy)
-    # With RWKV_V7_ON=1 the module rebinds the name `RWKV` to RWKV_x070; the v4-v6 class is
-    # still there as a ScriptModule subclass named RWKV.
-    v4_to_v6 = next(c for c in _ref.MyModule.__subclasses__()
-                    if c.__module__ == _ref.__name__ and c.__name__ == "RWKV")
-    return v4_to_v6(stem, strategy, verbose=False)
+    return _RWKV_V4_TO_V6(stem, strategy, verbose=False)
+
+
+def reference_world_tokenizer(vocab_path: Path | str):
+    """The official trie tokenizer (`rwkv.rwkv_tokenizer.TRIE_TOKENIZER`) for a World vocab file."""
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+    return TRIE_TOKENIZER(str(vocab_path))
