@@ -1,12 +1,420 @@
-"""RWKV v7 (placeholder until implemented)."""
+"""RWKV v7 "Goose" (x070): the delta-rule WKV with data-dependent decay and in-context learning rate.
+
+Per layer and head the state S ([N_v, N_k], the official package's orientation) follows
+
+    S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T,    y_t = S_t r_t
+
+with a = -kk (the normalized key) and b = kk * iclr. One token runs that update in place
+(`_wkv_step_`); a prompt runs through `wkv_chunked`, an exact chunked form of the same recurrence
+whose twin `wkv_loop` is the plain per-token loop. The sequence path is pure and differentiable
+(`forward_batch`), so a trainer can use it on batches; `forward` wraps it for the chat runtime.
+"""
 
 from __future__ import annotations
 
-from ..checkpoint import Checkpoint
-from .base import RWKVModel
+import dataclasses
+import math
+from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import Checkpoint
+from ..errors import CheckpointError
+from ..state import WKVState
+from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+
+DECAY_SCALE = math.exp(-0.5)  # log w = -exp(-0.5) * sigmoid(w0 + lora): w in [0.545, 1)
+LN_X_EPS = 64e-5              # the official ln_x GroupNorm eps (1e-5 * head_size_divisor**2)
+# Sub-chunk of the chunked WKV. Since log w >= -DECAY_SCALE, 16 steps decay by at most
+# exp(-9.7) ~ 6e-5, so the factored 1/decay terms stay below 2e4 and lose no fp32 precision.
+WKV_SUBCHUNK = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV7Config(ModelConfig):
+    d_decay: int  # LoRA widths: w1/w2, a1/a2, v1/v2 (0 for a one-layer model), g1/g2
+    d_aaa: int
+    d_mv: int
+    d_gate: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layer:
+    """One block's prepared weights: vectors in the compute dtype; small LoRA matrices [out, in]."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    maa: torch.Tensor        # [6, C]: x_r, x_w, x_k, x_v, x_a, x_g
+    w0: torch.Tensor         # [C] fp32 (the decay is computed in fp32)
+    w1: torch.Tensor         # [D_w, C]
+    w2: torch.Tensor         # [C, D_w]
+    a0: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    v0: torch.Tensor | None  # None in layer 0, which defines v_first instead
+    v1: torch.Tensor | None
+    v2: torch.Tensor | None
+    g1: torch.Tensor
+    g2: torch.Tensor
+    k_k: torch.Tensor
+    k_a: torch.Tensor
+    r_k: torch.Tensor        # [H, N]
+    R: torch.Tensor          # [C, C] in the weight dtype, laid out for `_mm`
+    K: torch.Tensor
+    V: torch.Tensor
+    O: torch.Tensor
+    ln_x_w: torch.Tensor     # [H, N]
+    ln_x_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    ffn_x_k: torch.Tensor
+    ffn_K: torch.Tensor      # [F, C] ([C, F] when fp32)
+    ffn_V: torch.Tensor      # [C, F] ([F, C] when fp32)
+
+
+def _mm(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x times a big matrix, in x's dtype. fp32 matrices are stored [in, out], 16-bit ones
+    [out, in]: the faster matrix-vector layout of each on CPU (measured). 16-bit weights with
+    fp32 activations (CPU): a vector goes through the fast 16-bit matrix-vector kernel; a matrix
+    converts the weight (cheap next to the GEMM)."""
+    if W.dtype == torch.float32:
+        return x @ W
+    if x.dtype == W.dtype:
+        return F.linear(x, W)
+    if x.dim() == 1:
+        return F.linear(x.to(W.dtype), W).to(x.dtype)
+    return F.linear(x, W.to(x.dtype))
+
+
+# --- the WKV recurrence -----------------------------------------------------------------------
+
+def _wkv_step_(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One token, in place on S [H, N, N]; vectors [H, N] fp32 (w is the decay itself)."""
+    sa = torch.bmm(S, a.unsqueeze(-1))                      # S a: rank-1 update costs N^2, not N^3
+    S.mul_(w.unsqueeze(-2))
+    S.baddbmm_(sa, b.unsqueeze(-2))
+    S.baddbmm_(v.unsqueeze(-1), k.unsqueeze(-2))
+    return torch.bmm(S, r.unsqueeze(-1)).squeeze(-1)
+
+
+def wkv_loop(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain recurrence, token by token: S [B, H, N, N], inputs [B, H, T, N] -> (y, S)."""
+    w = logw.exp()
+    ys = []
+    for t in range(r.shape[-2]):
+        S = (S * w[..., t, None, :] + (S @ a[..., t, :, None]) @ b[..., t, None, :]
+             + v[..., t, :, None] @ k[..., t, None, :])
+        ys.append((S @ r[..., t, :, None]).squeeze(-1))
+    return torch.stack(ys, dim=-2), S
+
+
+def wkv_chunked(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                chunk: int = WKV_SUBCHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wkv_loop` in chunks of `chunk` tokens (exact up to rounding; differentiable).
+
+    With g_t the decay accumulated inside a chunk and u_t = S_{t-1} a_t, the state is
+    S_t = (S_0 + sum_{j<=t} v_j (k_j/g_j)^T + u_j (b_j/g_j)^T) diag(g_t). The u_t solve a unit
+    lower-triangular system, so everything but one small step per chunk is batched matmuls.
+    """
+    B, H, T, N = r.shape
+    pad = -T % chunk
+    if pad:  # padded steps (w = 1, zero vectors) leave the state unchanged
+        r, logw, k, v, a, b = (F.pad(x, (0, 0, 0, pad)) for x in (r, logw, k, v, a, b))
+    n = (T + pad) // chunk
+    r, logw, k, v, a, b = (x.reshape(B, H, n, chunk, N) for x in (r, logw, k, v, a, b))
+    lg = logw.cumsum(dim=-2)                                # log g_t, inclusive
+    lg_end = lg[..., -1:, :]
+    r_dec = r * lg.exp()
+    a_dec = a * (lg - logw).exp()                           # u_t sees the state before step t
+    inv = (-lg).exp()
+    k_inv, b_inv = k * inv, b * inv
+    to_end = (lg_end - lg).exp()
+    k_end, b_end = k * to_end, b * to_end
+    ones = torch.ones(chunk, chunk, dtype=torch.bool, device=r.device)
+    strict, incl = ones.tril(-1), ones.tril()
+    A_k = (a_dec @ k_inv.mT) * strict
+    A_b = (a_dec @ b_inv.mT) * strict
+    Q_k = (r_dec @ k_inv.mT) * incl
+    Q_b = (r_dec @ b_inv.mT) * incl
+    eye = torch.eye(chunk, dtype=r.dtype, device=r.device)
+    lhs = eye - A_b
+    W1 = torch.linalg.solve_triangular(lhs, a_dec, upper=False, unitriangular=True)
+    U0 = torch.linalg.solve_triangular(lhs, A_k @ v, upper=False, unitriangular=True)
+    decay_end = lg_end.exp()
+    starts, us = [], []
+    for c in range(n):  # the only sequential part: one small step per chunk
+        starts.append(S)
+        u = U0[:, :, c] + W1[:, :, c] @ S.mT
+        us.append(u)
+        S = S * decay_end[:, :, c] + v[:, :, c].mT @ k_end[:, :, c] + u.mT @ b_end[:, :, c]
+    y = r_dec @ torch.stack(starts, 2).mT + Q_k @ v + Q_b @ torch.stack(us, 2)
+    return y.reshape(B, H, n * chunk, N)[:, :, :T], S
+
+
+# --- the model --------------------------------------------------------------------------------
 
 class RWKV7(RWKVModel):
+    state_class = WKVState
+    config: RWKV7Config
+
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
-        return None
+        # As the official package: v7 is the layout with the delta-rule tensors.
+        v7_keys = ("att.x_r", "att.k_k", "att.r_k")
+        return "7.0" if any(k.endswith(v7_keys) for k in ckpt.tensors) else None
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
+                 chunk_len: int = DEFAULT_CHUNK_LEN):
+        super().__init__(ckpt, device, dtype, chunk_len)
+        # CPU computes in fp32 (no fast 16-bit GEMM there); CUDA in the weight dtype.
+        self.act_dtype = torch.float32 if device.type == "cpu" else self.dtype
+        self.config = cfg = _read_config(ckpt)
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+
+        def vec(key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            t = ckpt.require(key)
+            if t.numel() != C or t.squeeze().dim() != 1:
+                raise CheckpointError(f"{ckpt.path}: tensor '{key}' has shape {tuple(t.shape)}, "
+                                      f"expected (1, 1, {C})")
+            return t.reshape(C).to(device=device, dtype=dtype or self.act_dtype)
+
+        def small(key: str, shape: tuple[int, ...], transpose: bool = False) -> torch.Tensor:
+            t = ckpt.expect_shape(key, shape)
+            t = t.t() if transpose else t
+            return t.to(device=device, dtype=self.act_dtype).contiguous()
+
+        def big(key: str, shape: tuple[int, ...]) -> torch.Tensor:  # the layout `_mm` wants
+            t = ckpt.expect_shape(key, shape)
+            t = t.t() if self.dtype == torch.float32 else t
+            return t.to(device=device, dtype=self.dtype).contiguous()
+
+        def lora(p: str, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            # Official x @ w1 @ w2 with w1 [C, D], w2 [D, C]: stored as F.linear's [out, in].
+            return (small(f"{p}{name}1", (C, width), transpose=True),
+                    small(f"{p}{name}2", (width, C), transpose=True))
+
+        layers = []
+        for i in range(cfg.n_layer):
+            b, p = f"blocks.{i}.", f"blocks.{i}.att."
+            w1, w2 = lora(p, "w", cfg.d_decay)
+            a1, a2 = lora(p, "a", cfg.d_aaa)
+            g1, g2 = lora(p, "g", cfg.d_gate)
+            v0 = v1 = v2 = None
+            if i > 0:
+                v0 = vec(p + "v0")
+                v1, v2 = lora(p, "v", cfg.d_mv)
+            layers.append(_Layer(
+                ln1_w=vec(b + "ln1.weight"), ln1_b=vec(b + "ln1.bias"),
+                maa=torch.stack([vec(p + m) for m in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]),
+                w0=vec(p + "w0", torch.float32), w1=w1, w2=w2,
+                a0=vec(p + "a0"), a1=a1, a2=a2, v0=v0, v1=v1, v2=v2, g1=g1, g2=g2,
+                k_k=vec(p + "k_k"), k_a=vec(p + "k_a"), r_k=small(p + "r_k", (H, N)),
+                R=big(p + "receptance.weight", (C, C)), K=big(p + "key.weight", (C, C)),
+                V=big(p + "value.weight", (C, C)), O=big(p + "output.weight", (C, C)),
+                ln_x_w=vec(p + "ln_x.weight").view(H, N), ln_x_b=vec(p + "ln_x.bias").view(H, N),
+                ln2_w=vec(b + "ln2.weight"), ln2_b=vec(b + "ln2.bias"),
+                ffn_x_k=vec(b + "ffn.x_k"),
+                ffn_K=big(b + "ffn.key.weight", (cfg.ffn_dim, C)),
+                ffn_V=big(b + "ffn.value.weight", (C, cfg.ffn_dim)),
+            ))
+        self.layers: tuple[_Layer, ...] = tuple(layers)
+        self.emb = _fold_ln0(ckpt.require("emb.weight"), vec("blocks.0.ln0.weight", torch.float32),
+                             vec("blocks.0.ln0.bias", torch.float32), device, self.dtype)
+        self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
+        self.head = big("head.weight", (cfg.vocab_size, C))
+        # Newer official files carry a layer-0 value LoRA that the model never uses.
+        ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
+
+    def zero_state(self) -> WKVState:
+        c = self.config
+        return WKVState.zeros(c.n_layer, c.n_embd, c.n_head, c.head_size, device=self.device)
+
+    def zero_batch_state(self, batch: int) -> WKVState:
+        """A state for `forward_batch`: every field gets a batch dimension after the layer."""
+        c = self.config
+        z = WKVState.zeros(c.n_layer, c.n_embd, c.n_head, c.head_size, device=self.device)
+        return WKVState(**{k: t.unsqueeze(1).repeat_interleave(batch, 1).contiguous()
+                           for k, t in z.tensors().items()})
+
+    def forward(self, tokens: Sequence[int], state: WKVState,
+                full_output: bool = False) -> torch.Tensor:
+        if len(tokens) == 0:
+            raise ValueError("forward needs at least one token")
+        if len(tokens) == 1:
+            logits = self._forward_one(int(tokens[0]), state)
+            return logits.unsqueeze(0) if full_output else logits
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(1, -1)
+        batch = WKVState(**{k: t.unsqueeze(1) for k, t in state.tensors().items()})
+        if torch.is_grad_enabled():  # autograd may save these inputs: the copy below must not
+            batch = batch.clone()
+        outs = []
+        T = ids.shape[1]
+        for start in range(0, T, self.chunk_len):
+            last = start + self.chunk_len >= T
+            head = "all" if full_output else ("last" if last else "none")
+            logits, batch = self.forward_batch(ids[:, start:start + self.chunk_len], batch, head)
+            if logits is not None:
+                outs.append(logits[0])
+        # The state stays a plain buffer (gradients stop here); `forward_batch` carries them.
+        for name, t in state.tensors().items():
+            t.copy_(getattr(batch, name).squeeze(1).detach())
+        return torch.cat(outs) if full_output else outs[-1]
+
+    # --- sequence mode (pure, differentiable, batched) ------------------------------------------
+
+    def forward_batch(self, tokens: torch.Tensor, state: WKVState | None = None,
+                      head: str = "all") -> tuple[torch.Tensor | None, WKVState]:
+        """Tokens [B, T] from `state` (fields [L, B, ...], None: zeros) -> (logits, new state).
+
+        Pure: `state` is not modified. Logits are fp32: [B, T, V] for head="all", [B, V] for
+        head="last", None for head="none". Everything is differentiable, including in the
+        prepared weights (`self.layers`, `self.emb`, `self.head`) if a trainer asks for it.
+        """
+        if state is None:
+            state = self.zero_batch_state(tokens.shape[0])
+        x = self.emb[tokens].to(self.act_dtype)             # [B, T, C]
+        C = self.config.n_embd
+        v_first = x
+        att_x, wkv, ffn_x = [], [], []
+        for i, p in enumerate(self.layers):
+            xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)
+            out, v_first, S = self._time_mix_seq(p, xx, state.att_x[i], v_first, state.wkv[i])
+            x = x + out
+            att_x.append(xx[:, -1])
+            wkv.append(S)
+            xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
+            x = x + _channel_mix_seq(p, xx, state.ffn_x[i])
+            ffn_x.append(xx[:, -1])
+        new_state = WKVState(att_x=torch.stack(att_x).float(), wkv=torch.stack(wkv),
+                             ffn_x=torch.stack(ffn_x).float())
+        if head == "none":
+            return None, new_state
+        if head == "last":
+            x = x[:, -1]
+        x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
+        if x.dim() == 2 and x.shape[0] == 1:
+            return _mm(x[0], self.head).float().unsqueeze(0), new_state
+        return _head_mm(x, self.head).float(), new_state
+
+    def _time_mix_seq(self, p: _Layer, x: torch.Tensor, x_prev: torch.Tensor,
+                      v_first: torch.Tensor, S: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        H, N = self.config.n_head, self.config.head_size
+        dx = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1) - x
+        xr, xw, xk, xv, xa, xg = torch.addcmul(x, dx, p.maa.view(6, 1, 1, C)).unbind(0)
+        r, k, v = _mm(xr, p.R), _mm(xk, p.K), _mm(xv, p.V)
+        w = F.linear(torch.tanh(F.linear(xw, p.w1)), p.w2)
+        logw = -DECAY_SCALE * torch.sigmoid(p.w0 + w.float())
+        a = torch.sigmoid(p.a0 + F.linear(F.linear(xa, p.a1), p.a2))
+        g = F.linear(torch.sigmoid(F.linear(xg, p.g1)), p.g2)
+        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1).view(B, T, C)
+        k = k * (1 + (a - 1) * p.k_a)
+        if p.v1 is None:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + F.linear(F.linear(xv, p.v1), p.v2))
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> fp32 [B, H, T, N]
+            return t.float().view(B, T, H, N).transpose(1, 2)
+
+        y, S = wkv_chunked(S, heads(r), heads(logw), heads(k), heads(v), heads(-kk),
+                           heads(kk * a))
+        y = y.transpose(1, 2).to(x.dtype)                    # [B, T, H, N]
+        y = F.layer_norm(y, (N,), eps=LN_X_EPS) * p.ln_x_w + p.ln_x_b
+        y = y + (r * k * p.r_k.view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
+        return _mm(y.reshape(B, T, C) * g, p.O), v_first, S
+
+    # --- RNN mode (one token, in place) ---------------------------------------------------------
+
+    def _forward_one(self, token: int, state: WKVState) -> torch.Tensor:
+        act = self.act_dtype
+        C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
+        x = self.emb[token].to(act)
+        v_first = x
+        for i, p in enumerate(self.layers):
+            xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)
+            prev = state.att_x[i]
+            dx = prev.to(act) - xx
+            prev.copy_(xx)
+            xr, xw, xk, xv, xa, xg = torch.addcmul(xx, dx, p.maa).unbind(0)
+            r, k, v = _mm(xr, p.R), _mm(xk, p.K), _mm(xv, p.V)
+            w = F.linear(torch.tanh(F.linear(xw, p.w1)), p.w2)
+            w = torch.exp(-DECAY_SCALE * torch.sigmoid(p.w0 + w.float()))
+            a = torch.sigmoid(p.a0 + F.linear(F.linear(xa, p.a1), p.a2))
+            g = F.linear(torch.sigmoid(F.linear(xg, p.g1)), p.g2)
+            kk = F.normalize((k * p.k_k).view(H, N), dim=-1)
+            k = k * (1 + (a - 1) * p.k_a)
+            if p.v1 is None:
+                v_first = v
+            else:
+                v = v + (v_first - v) * torch.sigmoid(p.v0 + F.linear(F.linear(xv, p.v1), p.v2))
+            y = _wkv_step_(state.wkv[i], r.float().view(H, N), w.view(H, N),
+                           k.float().view(H, N), v.float().view(H, N), -kk.float(),
+                           (kk * a.view(H, N)).float())
+            y = F.layer_norm(y.to(act), (N,), eps=LN_X_EPS) * p.ln_x_w + p.ln_x_b
+            y = y + (r * k).view(H, N).mul(p.r_k).sum(-1, keepdim=True) * v.view(H, N)
+            x = x + _mm(y.view(C) * g, p.O)
+            xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
+            prev = state.ffn_x[i]
+            dx = prev.to(act) - xx
+            prev.copy_(xx)
+            x = x + _mm(torch.relu(_mm(torch.addcmul(xx, dx, p.ffn_x_k), p.ffn_K)).square(),
+                        p.ffn_V)
+        x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
+        return _mm(x, self.head).float()
+
+
+def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    dx = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1) - x
+    k = torch.relu(_mm(torch.addcmul(x, dx, p.ffn_x_k), p.ffn_K)).square()
+    return _mm(k, p.ffn_V)
+
+
+def _head_mm(x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    if head.dtype == torch.float32 or head.dtype == x.dtype:
+        return _mm(x, head)
+    # Many rows through a 16-bit head: a 16-bit GEMM, not an fp32 copy of the [V, C] head.
+    return F.linear(x.to(head.dtype), head).to(x.dtype)
+
+
+def _fold_ln0(emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+    """layer_norm(emb) with ln0 once at load (as the reference does), in fp32, in row blocks."""
+    out = torch.empty(emb.shape, dtype=dtype, device=device)
+    for s in range(0, emb.shape[0], 8192):
+        rows = emb[s:s + 8192].to(device=device, dtype=torch.float32)
+        out[s:s + 8192] = F.layer_norm(rows, (emb.shape[1],), w, b)
+    return out
+
+
+def _read_config(ckpt: Checkpoint) -> RWKV7Config:
+    """Sizes from tensor shapes; head size from `att.r_k` [H, N] as the official package does."""
+    emb, r_k = ckpt.require("emb.weight"), ckpt.require("blocks.0.att.r_k")
+    if emb.dim() != 2:
+        raise CheckpointError(f"{ckpt.path}: tensor 'emb.weight' has shape {tuple(emb.shape)}, "
+                              "expected (vocab, n_embd)")
+    vocab, C = emb.shape
+    if r_k.dim() != 2 or r_k.shape[0] * r_k.shape[1] != C:
+        raise CheckpointError(f"{ckpt.path}: tensor 'blocks.0.att.r_k' has shape "
+                              f"{tuple(r_k.shape)}, expected (n_head, head_size) with "
+                              f"n_head * head_size = {C}")
+    n_layer = ckpt.n_layers()
+
+    def width(key: str) -> int:
+        t = ckpt.require(key)
+        if t.dim() != 2 or t.shape[0] != C:
+            raise CheckpointError(f"{ckpt.path}: tensor '{key}' has shape {tuple(t.shape)}, "
+                                  f"expected ({C}, width)")
+        return t.shape[1]
+
+    ffn = ckpt.require("blocks.0.ffn.key.weight")
+    return RWKV7Config(
+        version="7.0", n_layer=n_layer, n_embd=C, vocab_size=vocab, n_head=r_k.shape[0],
+        head_size=r_k.shape[1], ffn_dim=ffn.shape[0], d_decay=width("blocks.0.att.w1"),
+        d_aaa=width("blocks.0.att.a1"), d_gate=width("blocks.0.att.g1"),
+        d_mv=width("blocks.1.att.v1") if n_layer > 1 else 0)
