@@ -29,7 +29,9 @@ in the chat:
   or start a block with a line of three double quotes and end it the same way.
   +help lists the commands (+gen, +qa, +, ++, +++, +reset, +prompt FILE, ...).
   -temp=X and -top_p=Y in a line apply to that line only.
-  Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves.
+  Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves and saves
+  the session as 'last' (`--resume` continues it). +undo, +branch NAME, +switch NAME, +tree,
+  +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
 
 piped input (stdin not a terminal): each line is a message or command, replies go to stdout:
   printf 'hi\\n+gen Once upon a time\\n' | chatrwkv --model M
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt", metavar="FILE", help="prompt file (TOML) or a shipped prompt name: "
                    "english-world, english-pile, chinese, english-qa (default follows the "
                    "tokenizer)")
+    c.add_argument("--resume", nargs="?", const="last", metavar="NAME",
+                   help="continue a saved session (default: 'last', saved when a chat ends); "
+                   "sessions live in $CHATRWKV_HOME/states (default ~/.local/state/chatrwkv)")
+    c.add_argument("--state", metavar="FILE", help="start from a state-tuning file (.pth with "
+                   "blocks.N.att.time_state, or its safetensors .state form; v5, v6, v7)")
+    c.add_argument("--no-autosave", action="store_true",
+                   help="do not save the session as 'last' when the chat ends")
     c.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N",
                    help="length of free generation (+gen, +i, +qq, +qa; default 256)")
     s = ap.add_argument_group("sampling (defaults as ChatRWKV)")
@@ -155,7 +164,13 @@ def build_session(args: argparse.Namespace, model_path: Path):
                                 decay=args.decay)
     session = Session(model, tokenizer, prompt, settings=settings, seed=args.seed,
                       max_tokens=args.max_tokens)
-    session.start(prompt)
+    if args.resume:
+        # no prefill at all: the file holds the states; its sampler state continues the session
+        session.load_named(args.resume)
+    elif args.state:
+        session.mount(args.state)  # the prompt is read after the tuned state
+    else:
+        session.start(prompt)
     return session
 
 
@@ -178,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+                  save_at_exit=not args.no_autosave)

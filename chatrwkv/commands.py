@@ -95,6 +95,67 @@ class Exit(Command):
 
 
 @dataclasses.dataclass(frozen=True)
+class Undo(Command):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Redo(Command):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch(Command):
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch(Command):
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowTree(Command):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowPath(Command):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Save(Command):
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Load(Command):
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sessions(Command):
+    """`+sessions`: list saved sessions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Export(Command):
+    fmt: str = "md"   # "md" or "json"
+    path: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Import(Command):
+    path: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MountState(Command):
+    path: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Spec:
     """One row of the command table."""
 
@@ -102,6 +163,21 @@ class Spec:
     help: str
     build: Callable[[str, Overrides], Command]
     takes_text: bool  # True: TEXT is required; False: no argument allowed
+
+
+def _export(text: str, o: Overrides) -> Command:
+    fmt, _, path = text.partition(" ")
+    if fmt.lower() not in ("md", "json") or not path.strip():
+        return ParseError(message="usage: +export md|json FILE")
+    return Export(overrides=o, fmt=fmt.lower(), path=path.strip())
+
+
+def _word(cls: type, usage: str) -> Callable[[str, Overrides], Command]:
+    def build(text: str, o: Overrides) -> Command:
+        if any(ch.isspace() for ch in text):
+            return ParseError(message=f"a name is one word (usage: {usage})")
+        return cls(overrides=o, name=text)
+    return build
 
 
 def _gen(kind: str) -> Callable[[str, Overrides], Command]:
@@ -122,6 +198,28 @@ COMMANDS: dict[str, Spec] = {
                 _gen("qa"), True),
     "++": Spec("++", "the last free text again, resampled", lambda t, o: Retry(o), False),
     "+++": Spec("+++", "continue the last free text", lambda t, o: Continue(o), False),
+    "+undo": Spec("+undo", "take back the last turn (exact state before it)",
+                  lambda t, o: Undo(o), False),
+    "+redo": Spec("+redo", "put the undone turn back", lambda t, o: Redo(o), False),
+    "+branch": Spec("+branch NAME", "start a branch NAME here (the old one keeps its turns)",
+                    _word(Branch, "+branch NAME"), True),
+    "+switch": Spec("+switch NAME", "go to the head of branch NAME",
+                    _word(Switch, "+switch NAME"), True),
+    "+tree": Spec("+tree", "the conversation tree, with branches and alternatives",
+                  lambda t, o: ShowTree(o), False),
+    "+path": Spec("+path", "the transcript from the start to here", lambda t, o: ShowPath(o),
+                  False),
+    "+save": Spec("+save NAME", "save the session as states/NAME", _word(Save, "+save NAME"),
+                  True),
+    "+load": Spec("+load NAME", "load the session saved as NAME", _word(Load, "+load NAME"),
+                  True),
+    "+sessions": Spec("+sessions", "list saved sessions", lambda t, o: Sessions(o), False),
+    "+export": Spec("+export md|json FILE", "write the current path as Markdown or JSON",
+                    _export, True),
+    "+import": Spec("+import FILE", "rebuild a conversation from an exported JSON file",
+                    lambda t, o: Import(overrides=o, path=t), True),
+    "+state": Spec("+state FILE", "start over from a state-tuning file (.pth / .state)",
+                   lambda t, o: MountState(overrides=o, path=t), True),
     "+help": Spec("+help", "this list", lambda t, o: Help(o), False),
     "+exit": Spec("+exit", "leave (Ctrl-D works too)", lambda t, o: Exit(o), False),
 }

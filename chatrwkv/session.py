@@ -13,7 +13,9 @@ sampling settings) and saves the snapshots ChatRWKV does:
     +++          gen_1 (also saved as gen_0, so ++ resamples the continuation) -> gen_1
 
 Snapshots are never mutated after they are saved (work happens on clones), so one snapshot can
-sit under two names. `handle()` yields events for the UI; nothing here prints.
+sit under two names. Every turn that changes the slots becomes a node of the conversation tree
+(conversation.py); `+` and `++` put their new reply beside the one they replace. The tree and file
+commands live in treecommands.py. `handle()` yields events for the UI; nothing here prints.
 """
 
 from __future__ import annotations
@@ -23,11 +25,29 @@ import dataclasses
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from . import commands as C
+from .conversation import DEFAULT_MAX_LIVE, Conversation, first_words
 from .errors import ChatRWKVError
+from .events import (  # noqa: F401 - re-exported: the UI and tests import events from here
+    Chunk,
+    Event,
+    ExitRequested,
+    Info,
+    Problem,
+    ReplyEnd,
+    ReplyStart,
+    ShowHelp,
+    ShowTranscript,
+    ShowTree,
+    Snapshot,
+    Stats,
+    TreeRow,
+    Turn,
+)
 from .prompts import Prompt, load_prompt
 from .runtime import Cancelled, Runtime, Timing
 from .sampling import (
@@ -39,7 +59,9 @@ from .sampling import (
     qa_newline_bias,
     single_tokens,
 )
+from .sessionfile import states_dir
 from .state import State
+from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
 CHAT_MAX_TOKENS = 999      # ChatRWKV's bound; the newline schedule ends replies long before
@@ -48,69 +70,7 @@ INSTRUCTION = ("\nBelow is an instruction that describes a task. Write a respons
                "appropriately completes the request.\n\n# Instruction:\n{text}\n\n# Response:\n")
 
 
-@dataclasses.dataclass(frozen=True)
-class Turn:
-    role: str   # "prompt", "user", "bot", "input" (free-generation input), "text" (free output)
-    text: str
 
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """A point in a conversation. `logits` is None only for the zero state."""
-
-    state: State
-    logits: torch.Tensor | None
-    tokens: tuple[int, ...]
-    transcript: tuple[Turn, ...]
-    settings: SamplingSettings
-
-
-# --- events the UI renders ---------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Info:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplyStart:
-    speaker: str | None  # the bot's name for a chat reply, None for free text
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    text: str  # whole characters, literal text
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-    tokens: int
-    prefill: Timing
-    decode: Timing
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplyEnd:
-    stats: Stats
-    interrupted: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class ShowHelp:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class ExitRequested:
-    pass
-
-
-Event = Info | Problem | ReplyStart | Chunk | ReplyEnd | ShowHelp | ExitRequested
 
 
 def collapse_blank_lines(text: str) -> str:
@@ -118,13 +78,21 @@ def collapse_blank_lines(text: str) -> str:
     return re.sub(r"\n\s*\n", "\n", text.replace("\r\n", "\n")).strip()
 
 
-class Session:
+# command -> (node label, whether a repeat of the same label goes beside the current node)
+TURNS: dict[type, tuple[str, bool]] = {
+    C.Message: ("chat", False), C.Regenerate: ("chat", True), C.Generate: ("gen", False),
+    C.Retry: ("gen", True), C.Continue: ("gen", False), C.Reset: ("reset", False),
+}
+
+
+class Session(TreeCommands):
     """Owns the model's conversation. Set `cancel` (from a signal handler) to stop a reply."""
 
     def __init__(self, model, tokenizer, prompt: Prompt, *,
                  settings: SamplingSettings | None = None, seed: int | None = None,
                  max_tokens: int = 256, chat_max_tokens: int = CHAT_MAX_TOKENS,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, max_live: int = DEFAULT_MAX_LIVE,
+                 states_folder: Path | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.runtime = runtime or Runtime(model)
@@ -136,6 +104,10 @@ class Session:
         self.reseed(seed)
         self.cancel = threading.Event()
         self.slots: dict[str, Snapshot] = {}
+        self.tree = Conversation(max_live)
+        self.initial_state: State | None = None  # a mounted state-tuning start (+state)
+        self.mounted_name: str | None = None
+        self.states_folder = states_folder or states_dir()
         # The Pile model was trained on "\n\n" as 187, 187; World models see what encode gives.
         self.pile_fixup = tokenizer.name == "pile"
         nl, eot = tokenizer.newline_id, tokenizer.end_of_text_id
@@ -155,7 +127,9 @@ class Session:
             self.generator.manual_seed(seed)
 
     def zero(self) -> Snapshot:
-        return Snapshot(self.model.zero_state(), None, (), (), self.settings)
+        """The start of every conversation: zeros, or a mounted state-tuning state."""
+        state = self.model.zero_state() if self.initial_state is None else self.initial_state
+        return Snapshot(state, None, (), (), self.settings)
 
     def encode_fed(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -174,15 +148,31 @@ class Session:
                                       cancel=self.cancel if cancellable else None)
         return Snapshot(state, logits, base.tokens + tuple(ids), base.transcript + turns, settings)
 
-    def start(self, prompt: Prompt) -> Timing:
-        """Feed `prompt` from the zero state; it becomes `chat_init` and `chat`."""
+    def start(self, prompt: Prompt, label: str = "prompt") -> Timing:
+        """Feed `prompt` from the zero state; it becomes `chat_init` and `chat` (a new node)."""
         timing = Timing()
         snap = self.feed(self.zero(), prompt.init, (Turn("prompt", prompt.init),), self.settings,
                          timing)
         self.prompt = prompt
         self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
         self.slots["chat_init"] = self.slots["chat"] = snap
+        self.record(label, f"{label} {prompt.name}")
         return timing
+
+    def record(self, label: str, preview: str, sibling: bool = False) -> None:
+        self.tree.add(self.slots, self.prompt, label, preview, sibling)
+
+    def _record_turn(self, command: C.Command, before: dict[str, Snapshot]) -> None:
+        turn = TURNS.get(type(command))
+        if turn is None or before.keys() == self.slots.keys() and all(
+                before[k] is self.slots[k] for k in before):
+            return
+        label, beside = turn
+        main = self.slots["chat" if label != "gen" else "gen_1"]
+        turns = main.transcript[-2:] if label != "reset" else ()
+        preview = " → ".join(first_words(t.text, 32) for t in turns) or label
+        current = self.tree.nodes[self.tree.current]
+        self.record(label, preview, sibling=beside and current.label == label)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -195,8 +185,10 @@ class Session:
             return
         settings = self.settings.with_overrides(command.overrides.temperature,
                                                 command.overrides.top_p)
+        before = dict(self.slots)
         try:
             yield from handler(command, settings)
+            self._record_turn(command, before)
         except Cancelled:
             yield Info("stopped; nothing changed")
         except ChatRWKVError as e:

@@ -7,7 +7,6 @@ command, replies go to stdout without decoration, notes and errors to stderr).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Iterable, Iterator
@@ -23,8 +22,10 @@ from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from . import commands as C
+from .errors import ChatRWKVError
 from .prompts import shipped_names
 from .session import (
     Chunk,
@@ -36,18 +37,18 @@ from .session import (
     ReplyStart,
     Session,
     ShowHelp,
+    ShowTranscript,
+    ShowTree,
     Stats,
 )
+from .sessionfile import AUTOSAVE, home_dir
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
 
 
 def state_dir() -> Path:
     """$CHATRWKV_HOME, else $XDG_STATE_HOME/chatrwkv, else ~/.local/state/chatrwkv."""
-    if home := os.environ.get("CHATRWKV_HOME"):
-        return Path(home).expanduser()
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "chatrwkv"
+    return home_dir()
 
 
 def print_error(message: str) -> None:
@@ -69,6 +70,22 @@ def ctrl_c_stops(session: Session) -> Iterator[None]:
 
 def help_rows() -> list[tuple[str, str]]:
     return [(spec.usage, spec.help) for spec in C.COMMANDS.values()]
+
+
+def tree_lines(event: ShowTree) -> list[str]:
+    """The tree as indented plain text (piped mode)."""
+    out = []
+    for row in event.rows:
+        mark = "*" if row.current else "-"
+        heads = f" [{', '.join(row.branches)}]" if row.branches else ""
+        out.append(f"{'  ' * row.depth}{mark} {row.label}: {row.preview}{heads}")
+    return out
+
+
+def transcript_lines(session: Session, event: ShowTranscript) -> list[str]:
+    p = session.prompt
+    names = {"user": p.user, "bot": p.bot}
+    return [f"{names[t.role]}{p.separator} {t.text}" for t in event.turns if t.role in names]
 
 
 def stats_line(stats: Stats, interrupted: bool) -> str:
@@ -98,8 +115,12 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) 
                 err.write(("chatrwkv: " if isinstance(event, Problem) else "") + event.text + "\n")
                 err.flush()
             elif isinstance(event, ShowHelp):
-                out.write("".join(f"{u:<14} {h}\n" for u, h in help_rows()))
+                out.write("".join(f"{u:<22} {h}\n" for u, h in help_rows()))
                 out.write(C.OPTIONS_HELP + "\n")
+            elif isinstance(event, ShowTree):
+                out.write("".join(line + "\n" for line in tree_lines(event)))
+            elif isinstance(event, ShowTranscript):
+                out.write("".join(line + "\n" for line in transcript_lines(session, event)))
             elif isinstance(event, ExitRequested):
                 return 0
     return 0
@@ -134,11 +155,25 @@ class Terminal:
         self.console.print(Text("Alt+Enter (or Esc Enter) adds a line; a line of \"\"\" starts "
                                 "and ends a block.", style="dim"))
 
+    def show_tree(self, event: ShowTree) -> None:
+        root = Tree(Text("conversation", style="bold"))
+        stack: list[Tree] = [root]
+        for row in event.rows:
+            del stack[row.depth + 1:]
+            label = Text.assemble((f"{row.label} ", "dim"), row.preview)
+            if row.branches:
+                label.append(f"  [{', '.join(row.branches)}]", style="cyan")
+            if row.current:
+                label.stylize("bold")
+                label.append("  <- here", style="green")
+            stack.append(stack[-1].add(label))
+        self.console.print(root)
+
     def toolbar(self) -> str:
         s = self.session
         describe = getattr(s.model, "describe", lambda: "model")()
-        return (f" {describe} | prompt {s.prompt.name} | T {s.settings.temperature:g} "
-                f"top-p {s.settings.top_p:g} ")
+        return (f" {describe} | prompt {s.prompt.name} | branch {s.tree.branch} | "
+                f"T {s.settings.temperature:g} top-p {s.settings.top_p:g} ")
 
     def render(self, events: Iterable[Event]) -> bool:
         """Print events; False when the user asked to leave."""
@@ -162,6 +197,11 @@ class Terminal:
                 self.console.print(Text(event.text, style="bold red"))
             elif isinstance(event, ShowHelp):
                 self.show_help()
+            elif isinstance(event, ShowTree):
+                self.show_tree(event)
+            elif isinstance(event, ShowTranscript):
+                for line in transcript_lines(self.session, event):
+                    self.console.print(Text(line))
             elif isinstance(event, ExitRequested):
                 return False
         return True
@@ -230,7 +270,40 @@ class ChatCompleter(Completer):
                     yield Completion(name, start_position=-len(text))
 
 
-def run(session: Session, interactive: bool) -> int:
-    if interactive:
-        return Terminal(session).loop()
-    return run_piped(session, sys.stdin, sys.stdout, sys.stderr)
+class HangUp(Exception):
+    """The terminal closed (SIGHUP): leave through the autosave."""
+
+
+def _on_hangup(signum, frame):
+    raise HangUp
+
+
+def autosave(session: Session) -> None:
+    """Save the session as `last` (what `--resume` reads); a failure is one line, not a crash."""
+    try:
+        path = session.save_named(AUTOSAVE)
+    except (OSError, ChatRWKVError) as e:
+        print_error(f"autosave failed: {e}")
+        return
+    if sys.stderr.isatty():
+        print(f"session saved; `chatrwkv --model ... --resume` continues it ({path})",
+              file=sys.stderr)
+
+
+def run(session: Session, interactive: bool, save_at_exit: bool = True) -> int:
+    """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP)."""
+    previous = signal.signal(signal.SIGHUP, _on_hangup) if hasattr(signal, "SIGHUP") else None
+    code = 0
+    try:
+        if interactive:
+            code = Terminal(session).loop()
+        else:
+            code = run_piped(session, sys.stdin, sys.stdout, sys.stderr)
+    except HangUp:
+        code = 129
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+        if save_at_exit:
+            autosave(session)
+    return code

@@ -103,6 +103,13 @@ class FakeModel:
     def describe(self) -> str:
         return "fake RNN (tests)"
 
+    def identity(self) -> dict[str, str]:
+        return {"version": "fake", "model": "FakeModel", "fingerprint": self.fingerprint}
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{float(self.A.sum()):.6f}"
+
     def forward(self, tokens, state: FakeState, full_output: bool = False) -> torch.Tensor:
         assert tokens, "forward needs tokens"
         self.calls.append(list(tokens))
@@ -137,6 +144,10 @@ class BigramModel:
 
     def describe(self) -> str:
         return "bigram (tests)"
+
+    def identity(self) -> dict[str, str]:
+        return {"version": "fake", "model": "BigramModel",
+                "fingerprint": f"{float(self.table.sum()):.1f}"}
 
     def forward(self, tokens, state: LastTokenState, full_output: bool = False) -> torch.Tensor:
         state.last[0] = tokens[-1]

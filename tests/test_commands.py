@@ -76,11 +76,37 @@ def test_parse_errors(line, start):
     assert "\n" not in got.message
 
 
+ARGUMENT = {"+branch": "alt", "+switch": "main", "+save": "s1", "+load": "s1",
+            "+export": "md out.md"}
+
+
 def test_every_command_is_documented_and_parses():
     for name, spec in C.COMMANDS.items():
         assert spec.usage.split()[0] == name and spec.help
-        line = name + (" some text" if spec.takes_text else "")
+        line = name + (" " + ARGUMENT.get(name, "some text") if spec.takes_text else "")
         assert not isinstance(parse(line), (C.ParseError, C.Message)), line
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("+undo", C.Undo()), ("+redo", C.Redo()), ("+tree", C.ShowTree()), ("+path", C.ShowPath()),
+    ("+branch alt", C.Branch(name="alt")), ("+switch main", C.Switch(name="main")),
+    ("+save my-chat", C.Save(name="my-chat")), ("+load ../x", C.Load(name="../x")),
+    ("+export json a b.json", C.Export(fmt="json", path="a b.json")),
+    ("+export MD x.md", C.Export(fmt="md", path="x.md")),
+    ("+import t.json", C.Import(path="t.json")), ("+state s.pth", C.MountState(path="s.pth")),
+])
+def test_tree_and_file_commands(line, expected):
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line, start", [
+    ("+branch two words", "a name is one word"), ("+export txt f", "usage: +export"),
+    ("+export md", "usage: +export"), ("+undo 2", "+undo takes no text"),
+    ("+save", "+save needs text"),
+])
+def test_tree_and_file_command_errors(line, start):
+    got = parse(line)
+    assert isinstance(got, C.ParseError) and got.message.startswith(start), got
 
 
 @settings(max_examples=400, deadline=None)

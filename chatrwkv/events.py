@@ -1,0 +1,97 @@
+"""Plain data shared by the session, the conversation tree, session files and the UI: a turn of
+the transcript, a snapshot of a point in the conversation, and the events the UI renders."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .runtime import Timing
+from .sampling import SamplingSettings
+from .state import State
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    role: str   # "prompt", "user", "bot", "input" (free-generation input), "text" (free output)
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A point in a conversation. `logits` is None only for the zero state."""
+
+    state: State
+    logits: torch.Tensor | None
+    tokens: tuple[int, ...]
+    transcript: tuple[Turn, ...]
+    settings: SamplingSettings
+
+
+# --- events the UI renders ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyStart:
+    speaker: str | None  # the bot's name for a chat reply, None for free text
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    text: str  # whole characters, literal text
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    tokens: int
+    prefill: Timing
+    decode: Timing
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyEnd:
+    stats: Stats
+    interrupted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowHelp:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitRequested:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeRow:
+    depth: int
+    label: str
+    preview: str
+    branches: tuple[str, ...]  # branch names whose head is this node
+    current: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowTree:
+    rows: tuple[TreeRow, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowTranscript:
+    turns: tuple[Turn, ...]
+
+
+Event = (Info | Problem | ReplyStart | Chunk | ReplyEnd | ShowHelp | ExitRequested | ShowTree
+         | ShowTranscript)
