@@ -5,7 +5,8 @@
 English is Shakespeare from ../shared/data/shakespeare when that folder exists, otherwise text
 generated from the vocabulary's English word tokens. Chinese is generated from the vocabulary's
 single-ideograph tokens (uniformly, which is harder on caches than real text) with punctuation.
-"cold" encodes with empty piece caches; "warm" encodes the same text again. The official
+"C" is the C core (`_worldtrie`, when built; it has no caches). For the pure-Python path,
+"py cold" encodes with empty piece caches and "py warm" encodes the same text again. The official
 tokenizer is timed on the first 1 MB (its speed does not depend on length) and must give the same
 ids there. The default clock is process CPU time, which a busy shared machine disturbs less.
 """
@@ -22,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script run from a checkout: use this checkout's package
 
-from chatrwkv.tokenizer import load_tokenizer
-from chatrwkv.tokenizer.world import WorldTokenizer
+from chatrwkv.tokenizer.world import WorldTokenizer, native_available
 
 VOCAB = ROOT / "chatrwkv" / "data" / "rwkv_vocab_v20230424.txt"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare"
@@ -67,22 +67,33 @@ def best_time(fn: Callable[[], object], repeat: int, clock: Callable[[], float])
     return best
 
 
-def measure(world: WorldTokenizer, official: object, text: str, repeat: int,
-            clock: Callable[[], float]) -> tuple[float, float, float]:
-    """MB/s of the official tokenizer, ours with empty caches, ours again."""
+def measure(native: WorldTokenizer | None, python: WorldTokenizer, official: object, text: str,
+            repeat: int, clock: Callable[[], float]) -> tuple[float, float | None, float, float]:
+    """MB/s of the official tokenizer, the C core (None if not built), the Python path with
+    empty caches, and the Python path again."""
     mb = len(text.encode()) / 1e6
     head = text.encode()[:OFFICIAL_BYTES].decode("utf-8", "ignore")
-    if world.encode(head) != official.encode(head):
+    expected = official.encode(head)
+    if python.encode(head) != expected or (native and native.encode(head) != expected):
         raise SystemExit("ids differ from the official tokenizer")
+    if native and native.encode(text) != python.encode(text):
+        raise SystemExit("the C core and the Python path differ")
 
     def cold() -> None:
-        world.clear_caches()
-        world.encode(text)
+        python.clear_caches()
+        python.encode(text)
 
     official_s = best_time(lambda: official.encode(head), max(1, repeat - 1), clock)
+    native_speed = mb / best_time(lambda: native.encode(text), repeat, clock) if native else None
     cold_s = best_time(cold, repeat, clock)
-    warm_s = best_time(lambda: world.encode(text), repeat, clock)
-    return len(head.encode()) / 1e6 / official_s, mb / cold_s, mb / warm_s
+    warm_s = best_time(lambda: python.encode(text), repeat, clock)
+    return len(head.encode()) / 1e6 / official_s, native_speed, mb / cold_s, mb / warm_s
+
+
+def load_time(native: bool) -> tuple[WorldTokenizer, float]:
+    start = time.perf_counter()
+    world = WorldTokenizer.from_file(VOCAB, native=native)
+    return world, time.perf_counter() - start
 
 
 def main() -> None:
@@ -95,26 +106,31 @@ def main() -> None:
 
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER  # the oracle, only here and in tests
 
-    start = time.perf_counter()
-    world = load_tokenizer(65536)
-    load_s = time.perf_counter() - start
+    native, native_load_s = load_time(True) if native_available() else (None, 0.0)
+    world, load_s = load_time(False)
     official = TRIE_TOKENIZER(str(VOCAB))
     rng = random.Random(0)
     size = int(args.mb * 1e6)
     english, source = english_text(world, size, rng)
-    texts = [(f"English ({source})", english), ("Chinese (generated)", chinese_text(world, size, rng))]
+    texts = [(f"English ({source})", english),
+             ("Chinese (generated)", chinese_text(world, size, rng))]
 
-    print(f"chatrwkv World tokenizer load: {load_s:.2f} s; clock: {args.clock}, "
-          f"best of {args.repeat}\n")
-    header = (f"{'text':<26}{'MB':>6}{'official MB/s':>15}{'cold MB/s':>11}{'warm MB/s':>11}"
-              f"{'cold x':>8}{'warm x':>8}")
+    core = f"C core {native_load_s:.2f} s" if native else "C core not built"
+    print(f"chatrwkv World tokenizer load (parse + build): {core}, Python path {load_s:.2f} s; "
+          f"clock: {args.clock}, best of {args.repeat}; MB/s and x official\n")
+    header = (f"{'text':<24}{'MB':>5}{'official':>10}{'C':>9}{'py cold':>9}{'py warm':>9}"
+              f"{'C x':>7}{'cold x':>8}{'warm x':>8}")
     print(header)
     print("-" * len(header))
     for name, text in texts:
         mb = len(text.encode()) / 1e6
-        official_speed, cold_speed, warm_speed = measure(world, official, text, args.repeat, clock)
-        print(f"{name:<26}{mb:>6.1f}{official_speed:>15.2f}{cold_speed:>11.1f}{warm_speed:>11.1f}"
-              f"{cold_speed / official_speed:>8.1f}{warm_speed / official_speed:>8.1f}")
+        official_speed, c_speed, cold_speed, warm_speed = measure(native, world, official, text,
+                                                                  args.repeat, clock)
+        c_cols = (f"{c_speed:>9.1f}", f"{c_speed / official_speed:>7.0f}") if c_speed else (
+            f"{'-':>9}", f"{'-':>7}")
+        print(f"{name:<24}{mb:>5.1f}{official_speed:>10.2f}{c_cols[0]}{cold_speed:>9.1f}"
+              f"{warm_speed:>9.1f}{c_cols[1]}{cold_speed / official_speed:>8.1f}"
+              f"{warm_speed / official_speed:>8.1f}")
 
 if __name__ == "__main__":
     main()

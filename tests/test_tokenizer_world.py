@@ -1,5 +1,8 @@
-"""World tokenizer: the same ids as the official trie tokenizer for every input, by three routes
-(the fast path, its slow twin, the oracle), and exact round trips."""
+"""World tokenizer: the same ids as the official trie tokenizer for every input, by four routes
+(the C core, the pure-Python fast path, their slow twin, the oracle), and exact round trips.
+
+Every test that takes the `world` fixture runs once with the C core (skipped when it was not
+built) and once with the pure-Python path."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chatrwkv.errors import TokenizerError
 from chatrwkv.tokenizer import load_tokenizer
-from chatrwkv.tokenizer.world import WorldTokenizer
+from chatrwkv.tokenizer.world import WorldTokenizer, native_available
 
 VOCAB = Path(__file__).resolve().parents[1] / "chatrwkv" / "data" / "rwkv_vocab_v20230424.txt"
 
@@ -37,9 +41,19 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> WorldTokenizer:
-    return load_tokenizer(65536)
+needs_native = pytest.mark.skipif(not native_available(),
+                                  reason="the C core chatrwkv.tokenizer._worldtrie is not built")
+
+
+@pytest.fixture(scope="module", params=[pytest.param("c", marks=needs_native), "python"])
+def world(request) -> WorldTokenizer:
+    if request.param == "c":
+        tok = load_tokenizer(65536)  # the default choice: the C core whenever it is built
+        assert tok.native
+        return tok
+    tok = WorldTokenizer.from_file(VOCAB, name="world", vocab_size=65536, native=False)
+    assert not tok.native
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +151,96 @@ def test_caches_do_not_change_results(world, official):
 def test_lone_surrogate_does_not_crash(world):
     ids = world.encode("a\ud800b")
     assert world.decode(ids) == "a\ufffd\ufffd\ufffdb"
+
+
+# -- the C core against the Python path, directly -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both() -> tuple[WorldTokenizer, WorldTokenizer]:
+    if not native_available():
+        pytest.skip("the C core chatrwkv.tokenizer._worldtrie is not built")
+    return load_tokenizer(65536), WorldTokenizer.from_file(VOCAB, native=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_c_core_equals_python_path(both, data):
+    native, python = both
+    assert native.encode_bytes(data) == python.encode_bytes(data)
+
+
+def test_c_core_on_long_input(both, official):
+    # Long inputs are matched with the GIL released; every byte value and a long repeat
+    native, python = both
+    rng = random.Random(1)
+    data = bytes(range(256)) * 8 + bytes(rng.randrange(256) for _ in range(40_000))
+    data += ("中文 English " * 3000).encode() + b"\x00" * 5000
+    assert native.encode_bytes(data) == python.encode_bytes(data) == official.encodeBytes(data)
+    assert native.encode_bytes(bytearray(data)) == native.encode_bytes(memoryview(data))
+
+
+def tiny_vocab(extra: list[bytes]) -> dict[int, bytes]:
+    """Single bytes (ids 1-256) plus `extra` at sparse ids, some past 65535."""
+    vocab = {b + 1: bytes([b]) for b in range(256)}
+    vocab.update({1000 + 70_001 * k: token for k, token in enumerate(extra)})
+    return vocab
+
+
+ODD_TOKENS = [b"\x00\x00", b"\x00\x00\x00\x00", b"\xff\xfe", b"\xff\xfe\xfd\xfc", b"ab", b"abc",
+              b"abcd" * 40, b"a\x00b", b"\xe4\xb8", b"\n\n", b" \n", b"x" * 300]
+
+
+@pytest.fixture(scope="module")
+def odd() -> tuple[dict[int, bytes], WorldTokenizer, WorldTokenizer]:
+    if not native_available():
+        pytest.skip("the C core chatrwkv.tokenizer._worldtrie is not built")
+    vocab = tiny_vocab(ODD_TOKENS)
+    return vocab, WorldTokenizer(vocab, native=True), WorldTokenizer(vocab, native=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.lists(st.sampled_from(ODD_TOKENS + [b"a", b"b", b"\x00", b"\xff", b"c"]),
+                     max_size=40).map(b"".join) | st.binary(max_size=60))
+def test_c_core_odd_vocabulary(odd, data):
+    # NULs, invalid UTF-8, tokens longer than 256 bytes, ids beyond uint16: the same greedy match
+    vocab, native, python = odd
+    assert native.encode_bytes(data) == python.encode_bytes(data) == plain_greedy(vocab, data)
+
+
+def plain_greedy(vocab: dict[int, bytes], data: bytes) -> list[int]:
+    ids = {token: token_id for token_id, token in vocab.items()}
+    out, i = [], 0
+    while i < len(data):
+        length = next(n for n in range(len(data) - i, 0, -1) if data[i:i + n] in ids)
+        out.append(ids[data[i:i + length]])
+        i += length
+    return out
+
+
+@needs_native
+def test_c_trie_errors_and_edges():
+    from chatrwkv.tokenizer._worldtrie import Trie
+
+    trie = Trie([(b"a", 5), (b"ab", 10**30), (b"a", 7), (b"", 9)])  # a repeated token: last wins
+    assert trie.encode(b"") == []
+    assert trie.encode(b"aab") == [7, 10**30]
+    with pytest.raises(ValueError, match="no token matches"):
+        trie.encode(b"ac")
+    with pytest.raises(TypeError):
+        trie.encode("a str")
+    with pytest.raises(TypeError, match="bytes, int"):
+        Trie([("a", 1)])
+    with pytest.raises(RuntimeError, match="already initialised"):
+        trie.__init__([(b"a", 1)])
+    assert Trie([]).encode(b"") == []
+
+
+def test_native_true_requires_the_core(monkeypatch):
+    import chatrwkv.tokenizer.world as world_module
+
+    vocab = tiny_vocab([b"ab"])
+    monkeypatch.setattr(world_module, "_worldtrie", None)
+    with pytest.raises(TokenizerError, match="not built"):
+        WorldTokenizer(vocab, native=True)
+    assert not WorldTokenizer(vocab).native  # the default falls back on the Python path

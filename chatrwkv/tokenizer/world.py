@@ -1,7 +1,10 @@
 """The RWKV World tokenizer: greedy longest match over UTF-8 bytes, exactly as the official
-trie tokenizer, and several times faster in pure Python.
+trie tokenizer.
 
-How (every cut is at a boundary the vocabulary guarantees, see `VocabFacts`):
+The C core `_worldtrie.c` (an optional extension that `pip install` builds) walks a byte trie
+and is used whenever it was built. Without it, a pure-Python path gives the same ids, several
+times faster than the official tokenizer. How the Python path works (every cut is at a boundary
+the vocabulary guarantees, see `VocabFacts`):
 1. `PieceSplitter` cuts the text at spaces and newlines with C-level bytes operations, so that
    it falls into pieces like b" word," and b"\nWhat" that repeat.
 2. A dict maps each piece to its ids packed as uint16 bytes, so that a whole text is one
@@ -23,9 +26,15 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
+from ..errors import TokenizerError
 from .base import Tokenizer
 from .world_split import PieceSplitter
 from .world_vocab import VocabFacts, isolated_chars, parse_world_vocab, vocab_facts
+
+try:
+    from . import _worldtrie
+except ImportError:  # installed without a C compiler: the Python path gives the same ids
+    _worldtrie = None
 
 CACHE_KEY_MAX = 64  # longer pieces are rarely repeated: computing them again is cheaper than memory
 CACHE_ENTRIES_MAX = 1 << 17  # per cache (~20 MB at most); a full cache stops growing
@@ -63,11 +72,21 @@ def _char_class(codes: dict[int, str]) -> str:
     return "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]"
 
 
+def native_available() -> bool:
+    """Whether the C core was built (`pip install` builds it when a C compiler is present)."""
+    return _worldtrie is not None
+
+
 class WorldTokenizer(Tokenizer):
-    """Greedy longest-match tokenizer over a World-format vocabulary."""
+    """Greedy longest-match tokenizer over a World-format vocabulary.
+
+    `native`: None uses the C core when it was built, True requires it, False uses the
+    pure-Python path (the two give identical ids; the tests hold them together).
+    """
 
     def __init__(self, vocab: dict[int, bytes], *, name: str = "world",
-                 vocab_size: int | None = None, source: str = "vocabulary") -> None:
+                 vocab_size: int | None = None, source: str = "vocabulary",
+                 native: bool | None = None) -> None:
         facts = vocab_facts(vocab, source)
         self.name = name
         self._facts: VocabFacts = facts
@@ -84,6 +103,22 @@ class WorldTokenizer(Tokenizer):
         self._typecode = "H" if len(table) <= 1 << 16 else "I"
         self._byte_ids = [facts.ids[bytes([b])] for b in range(256)]
 
+        if native and _worldtrie is None:
+            raise TokenizerError("the C tokenizer core (chatrwkv.tokenizer._worldtrie) is not "
+                                 "built: reinstall with a C compiler, or use native=False")
+        self._trie = None
+        if native is not False and _worldtrie is not None:
+            self._trie = _worldtrie.Trie([(token, i) for i, token in vocab.items()])
+        else:
+            self._init_python_path()
+
+    @property
+    def native(self) -> bool:
+        """Whether encoding runs in the C core."""
+        return self._trie is not None
+
+    def _init_python_path(self) -> None:
+        facts = self._facts
         self._splitter = PieceSplitter(facts)
         self._isolated: list[str | None] | None = None  # built on first use (~0.1 s)
         self._iso_split: Callable[[str], list[str]] | None = None
@@ -112,7 +147,10 @@ class WorldTokenizer(Tokenizer):
         return cls.from_text(path.read_text(encoding="utf-8"), str(path), **kwargs)
 
     def clear_caches(self) -> None:
-        """Forget the pieces seen since loading (for measuring a cold start)."""
+        """Forget the pieces seen since loading (for measuring a cold start); the C core has
+        no caches."""
+        if self._trie is not None:
+            return
         self._pieces.clear()
         self._pieces.update(self._known_pieces)
         self._plain_pieces.clear()
@@ -126,6 +164,8 @@ class WorldTokenizer(Tokenizer):
         return self.encode_bytes(text.encode("utf-8", errors="surrogatepass"))
 
     def encode_bytes(self, data: bytes) -> list[int]:
+        if self._trie is not None:
+            return self._trie.encode(data)
         parts, keyed = self._splitter.split(data)
         if keyed:
             head = self._pack_piece(parts[0]) if parts[0] else b""
