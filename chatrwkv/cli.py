@@ -19,9 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, bool]] = {
     "train": ("chatrwkv.training.cli", False),
 }
 
-NO_MODEL = ("chatrwkv: no model given. Start with `chatrwkv --model PATH` (an RWKV .pth or "
-            ".safetensors checkpoint); `chatrwkv list` shows downloadable models and "
-            "`chatrwkv pull NAME` fetches one.")
+NO_MODEL = ("chatrwkv: no model given and the demo model is missing from this install. Start "
+            "with `chatrwkv --model PATH` (an RWKV .pth or .safetensors checkpoint), or "
+            "`chatrwkv pull NAME` to fetch an official one.")
 
 EPILOG = """\
 in the chat:
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "terminal.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = ap.add_argument_group("model")
     m.add_argument("--model", metavar="PATH", help="checkpoint file (.pth / .safetensors) or the "
-                   "name of a model fetched with `chatrwkv pull`")
+                   "name of a model fetched with `chatrwkv pull` (default: the tiny Shakespeare "
+                   "demo model shipped with chatrwkv)")
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                    help="weight precision (default: fp32 on CPU, fp16 on CUDA)")
@@ -181,10 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 0:
         build_parser().error("--top-k must be >= 0")
-    if args.model is None:
-        print(NO_MODEL, file=sys.stderr)
-        return 2
     from . import ui
+    from .defaults import DEMO_BANNER, DEMO_MODEL, DEMO_PROMPT
+
+    if args.model is None:
+        if not DEMO_MODEL.is_file():
+            print(NO_MODEL, file=sys.stderr)
+            return 2
+        args.model = str(DEMO_MODEL)
+        args.prompt = args.prompt or DEMO_PROMPT
+        ui.print_note(DEMO_BANNER)
 
     try:
         session = build_session(args, _resolve_model(args.model))

@@ -55,6 +55,11 @@ def print_error(message: str) -> None:
     print(f"chatrwkv: {message}", file=sys.stderr)
 
 
+def print_note(message: str) -> None:
+    """One muted line on stderr (so piped replies on stdout stay clean)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(message, style="dim"))
+
+
 @contextmanager
 def ctrl_c_stops(session: Session) -> Iterator[None]:
     """While a command runs, Ctrl-C asks the session to stop (between tokens) instead of raising

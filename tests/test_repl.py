@@ -92,11 +92,19 @@ def cli(*args, input_text=None, tmp_path=None):
                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
 
+def test_no_model_and_no_demo_model_is_one_line(tmp_path, monkeypatch, capsys):
+    from chatrwkv import cli as cli_module
+    from chatrwkv import defaults
+
+    monkeypatch.setattr(defaults, "DEMO_MODEL", tmp_path / "absent.pth")
+    assert cli_module.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model" in err
+
+
 def test_cli_help_and_one_line_errors(tmp_path):
     out = cli("--help")
     assert out.returncode == 0 and "--model" in out.stdout and "+gen" in out.stdout
-    out = cli(input_text="hi\n")
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--model" in out.stderr
     out = cli("--model", "x.pth", "--temp", "9")
     assert out.returncode == 2 and "temperature must be" in out.stderr
     out = cli("--model", str(tmp_path / "missing.pth"), tmp_path=tmp_path)
