@@ -95,6 +95,8 @@ def tensor_bytes(root: object) -> int:
             todo.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
         elif type(obj).__module__.startswith("chatrwkv") and hasattr(obj, "__dict__"):
             todo.extend(vars(obj).values())
+            # Weights held outside tensors (fbgemm's packed int8 matrices) report their size.
+            total += getattr(obj, "opaque_nbytes", 0)
     return total
 
 

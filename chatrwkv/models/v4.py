@@ -24,6 +24,10 @@ from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import State
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .pages import PageReleaser
+from .quant import Int8Linear
+
+Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
 
 RESCALE_LAYER = 6    # fp16 only: x /= 2 after every 6th layer (the reference's default)
 WKV_BLOCK = 16       # tokens per block of the parallel WKV: [T+1, T, C] temporaries
@@ -44,7 +48,7 @@ class V4State(State):
 
 
 class _Layer(NamedTuple):
-    """One block's prepared weights; matrices keep the checkpoint's [out, in] layout."""
+    """One block's prepared weights; matrices have the checkpoint's [out, in] shape."""
 
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
@@ -53,21 +57,23 @@ class _Layer(NamedTuple):
     att_mix_r: torch.Tensor
     time_decay: torch.Tensor  # -exp(time_decay), fp32: log of the per-step decay
     time_first: torch.Tensor  # fp32: log-bonus of the current token
-    att_key: torch.Tensor
-    att_value: torch.Tensor
-    att_receptance: torch.Tensor
-    att_output: torch.Tensor
+    att_key: Matrix
+    att_value: Matrix
+    att_receptance: Matrix
+    att_output: Matrix
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
     ffn_mix_k: torch.Tensor
     ffn_mix_r: torch.Tensor
-    ffn_key: torch.Tensor
-    ffn_receptance: torch.Tensor
-    ffn_value: torch.Tensor
+    ffn_key: Matrix
+    ffn_receptance: Matrix
+    ffn_value: Matrix
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """`x @ weight.T` returned in x's dtype; a 16-bit weight multiplies in its own dtype."""
+    if isinstance(weight, Int8Linear):
+        return weight(x)
     if weight.dtype == x.dtype:
         return F.linear(x, weight)
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
@@ -141,6 +147,7 @@ def wkv_parallel(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Te
 
 class RWKV4(RWKVModel):
     state_class: ClassVar[type[State]] = V4State
+    supports_int8 = True
 
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
@@ -180,9 +187,22 @@ class RWKV4(RWKVModel):
                                       f"expected {C} values")
             return t.squeeze().to(self.device, dtype or self.act_dtype, copy=True)
 
-        def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> torch.Tensor:
-            t = ckpt.expect_shape(key, shape).to(self.device, self.dtype, copy=True)
-            return t.div_(scale) if scale != 1.0 else t
+        pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
+
+        def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
+            t = ckpt.expect_shape(key, shape)
+            if dtype == "int8":  # no rescaling: int8 runs in fp32 activations (CPU only)
+                out: Matrix = Int8Linear(t)
+            elif self.dtype == torch.float32:
+                # Stored [in, out] (a transposed view keeps the [out, in] shape): fp32
+                # matrix-vector products streamed ~1.7x faster in that layout on CPU (measured).
+                out = torch.empty(t.shape[::-1], dtype=self.dtype, device=self.device)
+                out = out.copy_(t.t()).t()  # one copy: cast and transpose together
+            else:
+                out = t.to(self.device, self.dtype, copy=True)
+                out = out.div_(scale) if scale != 1.0 else out
+            pages.release(t, out)
+            return out
 
         # ln0 is folded into the embedding in the checkpoint's dtype, exactly as the reference
         # does; the table stays 16-bit when the checkpoint is (a row is cast per token).
@@ -194,6 +214,7 @@ class RWKV4(RWKVModel):
         folded = F.layer_norm(emb, (C,), ln0_w.to(emb.dtype), ln0_b.to(emb.dtype))
         emb_dtype = emb.dtype if self.dtype == torch.float32 else self.dtype
         self.emb = folded.to(self.device, emb_dtype)
+        pages.release(emb, self.emb)
 
         layers = []
         for i in range(self.config.n_layer):

@@ -1,0 +1,69 @@
+"""Hand back the memory of checkpoint tensors once they are copied into prepared weights.
+
+`torch.load(mmap=True)` maps the file privately: every page a loader reads stays resident (and
+counts in the process's RSS) as long as the mapping lives, which is the whole load. A model
+that converts the weights (bf16 file -> fp32, a transposed layout, int8) would then peak at the
+file plus its prepared copy. `PageReleaser.release(t)` tells the kernel that it may drop the
+pages of `t` (MADV_DONTNEED): they are clean file pages of a private mapping, so a later read
+of `t` (a fingerprint, say) faults them in again from the file, unchanged. Tensors that are not
+inside a private mapping of the checkpoint file (safetensors copies, tensors in memory) are
+never touched, and on systems without /proc and madvise nothing happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from pathlib import Path
+
+import torch
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def _private_file_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges where `path` is mapped privately into this process (Linux only)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5] == real and parts[1].endswith("p"):
+            lo, hi = (int(a, 16) for a in parts[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+class PageReleaser:
+    """Releases the pages of tensors that live in a private mapping of checkpoint `path`."""
+
+    def __init__(self, path: Path | str):
+        self.ranges = _private_file_ranges(Path(path)) if Path(path).is_file() else []
+        self._madvise = None
+        if self.ranges:
+            libc_name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+            if libc is not None and hasattr(libc, "madvise"):
+                self._madvise = libc.madvise
+                self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+    def release(self, source: torch.Tensor, prepared: object = None) -> None:
+        """Drop `source`'s whole pages, unless `prepared` still shares its memory."""
+        if self._madvise is None or source.device.type != "cpu" or not source.is_contiguous():
+            return
+        if isinstance(prepared, torch.Tensor) and \
+                prepared.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+            return
+        start = source.data_ptr()
+        end = start + source.numel() * source.element_size()
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page  # whole pages inside the tensor
+        if hi <= lo or not any(a <= lo and hi <= b for a, b in self.ranges):
+            return
+        self._madvise(lo, hi - lo, _MADV_DONTNEED)
