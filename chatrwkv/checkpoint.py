@@ -24,7 +24,7 @@ _PICKLE_PROTO = b"\x80"
 def _sniff(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(16)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
+    if head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
         return "torch"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
