@@ -44,3 +44,21 @@ def reference_world_tokenizer(vocab_path: Path | str):
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
     return TRIE_TOKENIZER(str(vocab_path))
+
+
+def greedy_both(model, ref, prompt: list[int], n: int = 32) -> tuple[list[int], list[int]]:
+    """Greedy continuations of `prompt`, token by token, by our model and by the reference."""
+    import torch
+
+    ours: list[int] = []
+    theirs: list[int] = []
+    with torch.inference_mode():
+        state = model.zero_state()
+        logits = model.forward(prompt, state)
+        ref_logits, ref_state = ref.forward(prompt, None)
+        for _ in range(n):
+            ours.append(int(logits.argmax()))
+            theirs.append(int(ref_logits.argmax()))
+            logits = model.forward([ours[-1]], state)
+            ref_logits, ref_state = ref.forward([theirs[-1]], ref_state)
+    return ours, theirs

@@ -11,7 +11,7 @@ from chatrwkv.errors import CheckpointError, StateFileError
 from chatrwkv.models import detect_version, load_model
 from chatrwkv.models.v4 import RWKV4, V4State, wkv_loop, wkv_parallel
 from chatrwkv.synth import make_weights, write_checkpoint
-from tests.reference import load_reference
+from tests.reference import greedy_both, load_reference
 
 FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # the reference's 5 per layer
 LOGIT_ATOL = 1e-4        # cpu fp32 vs the reference (measured ~1e-6)
@@ -77,16 +77,7 @@ def test_logits_and_state_match_reference(tmp_path, dims):
 def test_greedy_continuation_matches_reference(small, model):
     ref = load_reference(small, "4")
     prompt = _prompt(24, SMALL["vocab_size"], seed=3)
-    with torch.inference_mode():
-        state, ref_state = model.zero_state(), None
-        logits = model.forward(prompt, state)
-        ref_logits, ref_state = ref.forward(prompt, ref_state)
-        ours, theirs = [], []
-        for _ in range(32):
-            ours.append(int(logits.argmax()))
-            theirs.append(int(ref_logits.argmax()))
-            logits = model.forward([ours[-1]], state)
-            ref_logits, ref_state = ref.forward([theirs[-1]], ref_state)
+    ours, theirs = greedy_both(model, ref, prompt)
     assert ours == theirs
     assert len(set(ours)) > 1  # the random model does not just repeat one token
 

@@ -11,7 +11,7 @@ from chatrwkv.models import detect_version, load_model
 from chatrwkv.models.v6 import RWKV6, _wkv_chunked, _wkv_recurrent
 from chatrwkv.state import WKVState
 from chatrwkv.synth import make_weights, write_checkpoint
-from tests.reference import load_reference
+from tests.reference import greedy_both, load_reference
 
 DIMS = {"n_layer": 2, "n_embd": 64, "vocab_size": 300, "head_size": 16,
         "mix_lora": 8, "decay_lora": 12}
@@ -125,16 +125,7 @@ def test_matches_reference_in_both_modes(ref, model, prompt):
 
 
 def test_greedy_continuation_matches_reference(ref, model, prompt):
-    with torch.inference_mode():
-        ref_logits, ref_state = ref.forward(prompt, None)
-        state = model.zero_state()
-        logits = model.forward(prompt, state)
-        ours, theirs = [], []
-        for _ in range(32):
-            ours.append(int(logits.argmax()))
-            theirs.append(int(ref_logits.argmax()))
-            logits = model.forward([ours[-1]], state)
-            ref_logits, ref_state = ref.forward([theirs[-1]], ref_state)
+    ours, theirs = greedy_both(model, ref, prompt)
     assert ours == theirs
     assert len(set(ours)) > 1  # the continuation is not one token repeated
 

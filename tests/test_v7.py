@@ -99,16 +99,9 @@ def test_matches_reference(model, reference, one_by_one):
 
 
 def test_greedy_continuation_matches_reference(model, reference):
-    ours, theirs = [], []
-    state = model.zero_state()
-    with torch.inference_mode():
-        logits = model.forward(PROMPT, state)
-        ref_logits, ref_state = reference.forward(PROMPT, None)
-        for _ in range(32):
-            ours.append(int(logits.argmax()))
-            theirs.append(int(ref_logits.argmax()))
-            logits = model.forward([ours[-1]], state)
-            ref_logits, ref_state = reference.forward([theirs[-1]], ref_state)
+    from tests.reference import greedy_both
+
+    ours, theirs = greedy_both(model, reference, PROMPT)
     assert ours == theirs
     assert len(set(ours)) > 1  # random weights still give a non-constant continuation
 
