@@ -7,7 +7,9 @@ Each random checkpoint is written under a temporary folder in /tmp and deleted a
 1.5B one is ~3 GB bf16). A "long" conversation is built as the REPL builds one (a node per turn,
 `--long-turns` turns of `--turn-tokens` tokens) without sampling: the file holds the same tree,
 token ids and states a real session of that length holds. Resume = `Session.load_named` into a
-fresh session: read the file, check it, rebuild the tree; no prefill.
+fresh session: read the file, check it, decode the current node; no prefill, and no work per
+turn (the other nodes are decoded when visited). Save = `Session.save_named` (atomic, fsync'd).
+Times are medians of `--repeat` runs (resume: after one untimed warm-up load).
 """
 
 from __future__ import annotations
@@ -64,8 +66,16 @@ def measure(name: str, args, folder: Path) -> list[str]:
         s = Session(model, tokenizer, prompt, seed=0, states_folder=folder)
         s.start(prompt)
         n_tokens = build(s, turns, args.turn_tokens)
-        path = s.save_named(f"{name}-{label}")
+        saves = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            path = s.save_named(f"{name}-{label}")
+            saves.append(time.perf_counter() - t0)
         size = path.stat().st_size
+        # one untimed load first: a process's first load pays one-time costs (lazy imports,
+        # torch kernel set-up) that are no part of a resume's work
+        Session(model, tokenizer, prompt, seed=0, states_folder=folder).load_named(
+            f"{name}-{label}")
         times = []
         for _ in range(args.repeat):
             fresh = Session(model, tokenizer, prompt, seed=0, states_folder=folder)
@@ -74,7 +84,9 @@ def measure(name: str, args, folder: Path) -> list[str]:
             times.append(time.perf_counter() - t0)
         assert fresh.slots["chat"].state.equal(s.slots["chat"].state)
         rows.append(f"{name:<9} {label:<6} {turns + 1:>6} {n_tokens:>9} {size / 1e6:>9.2f} "
-                    f"{statistics.median(times) * 1e3:>10.1f} {s.slots['chat'].state.nbytes / 1e6:>8.2f}")
+                    f"{statistics.median(times) * 1e3:>10.1f} "
+                    f"{statistics.median(saves) * 1e3:>8.1f} "
+                    f"{s.slots['chat'].state.nbytes / 1e6:>8.2f}")
     del model
     os.unlink(ckpt)
     return rows
@@ -91,7 +103,7 @@ def main() -> int:
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="chatrwkv-bench-resume-", dir="/tmp"))
     print(f"{'model':<9} {'conv':<6} {'turns':>6} {'tokens':>9} {'file MB':>9} "
-          f"{'resume ms':>10} {'state MB':>8}")
+          f"{'resume ms':>10} {'save ms':>8} {'state MB':>8}")
     try:
         for name in args.sizes:
             for row in measure(name, args, folder):

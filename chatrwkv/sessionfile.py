@@ -5,45 +5,61 @@ Where: `$CHATRWKV_HOME/states/NAME.session` (default `~/.local/state/chatrwkv/st
 directory chat was started in. NAME is a plain word ([A-Za-z0-9_.-], not starting with '.');
 anything else, `../x` included, is refused, so no path leaves `states/`.
 
-Layout (format `chatrwkv-session`, version 1):
+Layout (format `chatrwkv-session`, version 2; version 1, written only by unreleased code, is
+refused with one line, like a file from a newer version):
     tensors   snap{i}.{field}, snap{i}.logits   state + logits of the current node's snapshots
                                                 and of every branch head (the ones a resume or a
                                                 switch needs at once), fp32
               init.{field}                      a mounted state-tuning start (if any)
               rng                               the sampler's torch.Generator state
+              tokens         int32 [T]          every snapshot's new token ids, end to end
+              snap.tokens    int64 [S, 4]       per snapshot row: anchor, start, stop, length:
+                                                tokens = tokens(anchor) + tokens[start:stop]
+              snap.turns     int64 [S, 4]       the same for the transcript (over body.roles/texts)
+              snap.settings  int64 [S]          index into body.settings
+              node.parent, node.prompt [N], node.slots [N, K]   the tree (-1: none)
     metadata  identity (the model's: version, shapes, weight fingerprint) and body (JSON):
-              tokenizer, prompts, snapshots (token ids and transcript as deltas on an earlier
-              snapshot, sampling settings), nodes (parent, label, slots), branches, redo stack.
-Other snapshots are stored as token ids only and rebuilt by prefill when visited (see
-conversation.py), so a file holds a handful of states whatever the conversation's length.
+              tokenizer, prompts, settings, slot names, node labels and previews, the turns'
+              roles and texts, stored rows, branches, current node, redo stack.
+A row that continues the row written just before extends its span, so the snapshots of a linear
+conversation share one span and decoding any of them is one slice. Resuming reads the tables and
+decodes the current node only; every index and length is checked with a few tensor operations,
+so a damaged file is refused at once, and nothing runs once per turn: other nodes are built, and
+their hollow snapshots decoded, when first visited (see conversation.py), and a file saved again
+copies the spans of rows it never decoded. Only the stored snapshots carry a state, so a file
+holds a handful of states whatever the conversation's length.
 Writes are atomic: temp file in the same directory, fsync, rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import tempfile
+import weakref
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .conversation import Conversation, Hollow, Node
+from .conversation import Conversation, Hollow, Node, longest_prefix
 from .errors import StateFileError
 from .prompts import Prompt
 from .sampling import SamplingSettings
 
 if TYPE_CHECKING:
-    from .events import Snapshot
+    from .events import Snapshot, Turn
     from .session import Session
 
 FORMAT = "chatrwkv-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".session"
 AUTOSAVE = "last"  # what Ctrl-D / +exit / a closed terminal write, and `--resume` reads
+_GRAIN = 32768  # torch's internal parallel grain size
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -69,7 +85,9 @@ def session_path(name: str, folder: Path | None = None) -> Path:
 
 def list_sessions(folder: Path | None = None) -> list[str]:
     folder = folder or states_dir()
-    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob("*" + SUFFIX)) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob("*" + SUFFIX))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -103,41 +121,47 @@ def encode_session(session: Session) -> bytes:
     tree = session.tree
     keep_state = {id(s) for n in {tree.current, *tree.branches.values()}
                   for s in tree.nodes[n].slots.values()}
-    index: dict[int, int] = {}
-    records: list[dict] = []
-    objects: list[Snapshot | Hollow] = []
-    tensors: dict[str, torch.Tensor] = {}
+    w = _Writer(tree)
     prompts: list[Prompt] = []
-    nodes = []
-    for node in tree.nodes.values():
+    slot_names: list[str] = []
+    parents, prompt_rows, slot_rows, labels, previews = [], [], [], [], []
+    for node_id in range(len(tree.nodes)):
+        node = tree.nodes[node_id]
         if node.prompt not in prompts:
             prompts.append(node.prompt)
-        near = [index[id(s)] for n in (node.parent, node.id) if n is not None
-                for s in tree.nodes[n].slots.values() if id(s) in index]
-        for slot in node.slots.values():
-            if id(slot) in index:
-                continue
-            i = index[id(slot)] = len(objects)
-            objects.append(slot)
-            records.append(_record(slot, near, objects))
+        near = [i for n in (node.parent, node.id) if n is not None
+                for s in tree.nodes[n].slots.values() if (i := w.row_of(s)) is not None]
+        row = {}
+        for name, slot in node.slots.items():
+            i = row[name] = w.put(slot, near)
             near.append(i)
-            if isinstance(slot, Snapshot) and id(slot) in keep_state:
-                records[i]["stored"] = True
-                tensors.update({f"snap{i}.{k}": v for k, v in slot.state.tensors().items()})
+            if isinstance(slot, Snapshot) and id(slot) in keep_state and i not in w.stored:
+                w.stored.append(i)
+                w.tensors.update({f"snap{i}.{k}": v for k, v in slot.state.tensors().items()})
                 if slot.logits is not None:
-                    tensors[f"snap{i}.logits"] = slot.logits.float()
-        nodes.append({"id": node.id, "parent": node.parent, "label": node.label,
-                      "preview": node.preview, "prompt": prompts.index(node.prompt),
-                      "children": node.children,
-                      "slots": {k: index[id(s)] for k, s in node.slots.items()}})
+                    w.tensors[f"snap{i}.logits"] = slot.logits.float()
+            if name not in slot_names:
+                slot_names.append(name)
+        parents.append(-1 if node.parent is None else node.parent)
+        prompt_rows.append(prompts.index(node.prompt))
+        slot_rows.append(row)
+        labels.append(node.label)
+        previews.append(node.preview)
+    tensors = w.tensors
+    tensors["node.parent"] = torch.tensor(parents, dtype=torch.int64)
+    tensors["node.prompt"] = torch.tensor(prompt_rows, dtype=torch.int64)
+    tensors["node.slots"] = torch.tensor([[r.get(k, -1) for k in slot_names] for r in slot_rows],
+                                         dtype=torch.int64).reshape(len(slot_rows), -1)
+    tensors.update(w.tables())
     if session.initial_state is not None:
         tensors.update({f"init.{k}": v for k, v in session.initial_state.tensors().items()})
     tensors["rng"] = session.generator.get_state()
-    body = {"tokenizer": session.tokenizer.name, "state_kind": session.model.zero_state().kind,
-            "prompts": [dataclasses.asdict(p) for p in prompts], "snapshots": records,
-            "nodes": nodes, "branches": tree.branches, "branch": tree.branch,
-            "current": tree.current, "redo": tree.redo_stack,
-            "mounted": session.mounted_name}
+    body = {"tokenizer": session.tokenizer.name, "state_kind": _state_spec(session.model)[0].kind,
+            "prompts": [dataclasses.asdict(p) for p in prompts],
+            "settings": [dataclasses.asdict(s) for s in w.settings], "slot_names": slot_names,
+            "labels": labels, "previews": previews, "roles": w.roles, "texts": w.texts,
+            "stored": w.stored, "branches": tree.branches, "branch": tree.branch,
+            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "identity": json.dumps(session.model.identity(), sort_keys=True),
@@ -145,24 +169,140 @@ def encode_session(session: Session) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def _record(slot: Snapshot | Hollow, near: list[int], objects: list) -> dict:
-    """Token ids and transcript as a delta on the longest earlier snapshot that is a prefix."""
-    base = None
-    for j in near:
-        other = objects[j]
-        if (len(other.tokens) <= len(slot.tokens)
-                and slot.tokens[:len(other.tokens)] == other.tokens
-                and (base is None or len(other.tokens) > len(objects[base].tokens))):
-            base = j
-    start = len(objects[base].tokens) if base is not None else 0
-    t_start = 0
-    if base is not None:
-        bt = objects[base].transcript
-        if slot.transcript[:len(bt)] == bt:
-            t_start = len(bt)
-    return {"base": base, "tokens": list(slot.tokens[start:]), "tfrom": t_start,
-            "transcript": [[t.role, t.text] for t in slot.transcript[t_start:]],
-            "settings": dataclasses.asdict(slot.settings), "stored": False}
+class _Writer:
+    """Snapshot rows: each one's new token ids and turns appended to the flat `tokens` / turn
+    lists as a delta on an earlier row (its anchor). A row that extends the last row written
+    extends that row's span instead, so a linear conversation is one span and decoding any of its
+    snapshots is one slice. Rows read from a session file are copied span by span, undecoded."""
+
+    def __init__(self, tree: Conversation):
+        self.twins, self.prefix_of = tree.twins, tree.prefix_of
+        self.index: dict[object, int] = {}
+        self.objects: list[Snapshot | Hollow] = []
+        self.tok_rows: list[list[int]] = []    # anchor, start, stop, length
+        self.turn_rows: list[list[int]] = []   # the same for the transcript
+        self.parts: list[torch.Tensor] = []
+        self.pending: list[int] = []  # new token ids, one torch.tensor() for all of them
+        self.n_tok = 0
+        self.roles: list[str] = []
+        self.texts: list[str] = []
+        self.settings: list[SamplingSettings] = []
+        self._setting_index: dict[SamplingSettings, int] = {}
+        self.setting_rows: list[int] = []
+        self.stored: list[int] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def _source(self, obj: Snapshot | Hollow) -> tuple[_Table, int] | None:
+        if isinstance(obj, Hollow) and isinstance(obj.source, _Table):
+            return obj.source, obj.row
+        twin = self.twins.get(id(obj))
+        if twin is not None and twin[0] is obj and isinstance(twin[1].source, _Table):
+            return twin[1].source, twin[1].row
+        return None
+
+    def _key(self, obj: Snapshot | Hollow) -> object:
+        """One row per content: a snapshot and the hollows made of it share their tuples."""
+        src = self._source(obj)
+        if src is not None:
+            return id(src[0]), src[1]
+        return id(obj.tokens), id(obj.transcript), obj.settings
+
+    def row_of(self, obj: Snapshot | Hollow) -> int | None:
+        return self.index.get(self._key(obj))
+
+    def put(self, obj: Snapshot | Hollow, near: list[int]) -> int:
+        """The row of `obj`, written first if new (after the anchors it needs)."""
+        pending = [obj]
+        while True:  # a file row's anchors first, deepest first; no recursion
+            src = self._source(pending[-1])
+            if src is None:
+                break
+            tok_anchor, _, turn_anchor, *_ = src[0].origin(src[1])
+            todo = [a for a in (tok_anchor, turn_anchor)
+                    if a is not None and self.row_of(a) is None
+                    and all(a is not p for p in pending)]
+            if not todo:
+                break
+            pending.extend(todo)
+        for item in reversed(pending):
+            if self.row_of(item) is None:
+                self._add(item, near if item is obj else [])
+        return self.index[self._key(obj)]
+
+    def _add(self, obj: Snapshot | Hollow, near: list[int]) -> None:
+        src = self._source(obj)
+        if src is not None:
+            tok_anchor, delta, turn_anchor, roles, texts, n_tok, n_turn = src[0].origin(src[1])
+            tok_at = -1 if tok_anchor is None else self.index[self._key(tok_anchor)]
+            turn_at = -1 if turn_anchor is None else self.index[self._key(turn_anchor)]
+        else:
+            tok_at, delta, turn_at, roles, texts = self._delta(obj, near)
+            n_tok, n_turn = len(obj.tokens), len(obj.transcript)
+        i = len(self.objects)
+        self.index[self._key(obj)] = i
+        self.objects.append(obj)
+        self.tok_rows.append(_row(self.tok_rows, tok_at, self.n_tok, len(delta), n_tok))
+        if isinstance(delta, torch.Tensor):  # a file row's span, copied as it is
+            self._flush()
+            self.parts.append(delta)
+        else:
+            self.pending.extend(delta)
+        self.n_tok += len(delta)
+        self.turn_rows.append(_row(self.turn_rows, turn_at, len(self.roles), len(roles), n_turn))
+        self.roles.extend(roles)
+        self.texts.extend(texts)
+        settings = obj.settings
+        if settings not in self._setting_index:
+            self._setting_index[settings] = len(self.settings)
+            self.settings.append(settings)
+        self.setting_rows.append(self._setting_index[settings])
+
+    def _delta(self, obj: Snapshot | Hollow, near: list[int]):
+        """Token ids and turns as a delta on the longest nearby row that is a prefix."""
+        tokens = obj.tokens
+        candidates = {j: self.objects[j] for j in near}
+        known = self.prefix_of.get(id(tokens))
+        base = -1
+        if known is not None and known[0] is tokens:  # recorded with its turn: no comparison
+            base = next((j for j, o in candidates.items()
+                         if _decoded_tokens(o) is known[1]), -1)
+        if base < 0:
+            found = longest_prefix(tokens, [o.tokens for o in candidates.values()])
+            base = next((j for j, o in candidates.items() if o.tokens is found), -1)
+        delta = tokens[self.tok_rows[base][3]:] if base >= 0 else tokens
+        turn_base, keep = -1, 0
+        if base >= 0:
+            bt = self.objects[base].transcript
+            if obj.transcript[:len(bt)] == bt:
+                turn_base, keep = base, len(bt)
+        turns = obj.transcript[keep:]
+        return base, delta, turn_base, [t.role for t in turns], [t.text for t in turns]
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.parts.append(torch.tensor(self.pending, dtype=torch.int32))
+            self.pending = []
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        self._flush()
+        flat = torch.cat(self.parts) if self.parts else torch.zeros(0, dtype=torch.int32)
+        return {"tokens": flat,
+                "snap.tokens": torch.tensor(self.tok_rows, dtype=torch.int64).reshape(-1, 4),
+                "snap.turns": torch.tensor(self.turn_rows, dtype=torch.int64).reshape(-1, 4),
+                "snap.settings": torch.tensor(self.setting_rows, dtype=torch.int64)}
+
+
+def _row(rows: list[list[int]], anchor: int, end: int, n_new: int, length: int) -> list[int]:
+    """[anchor, start, stop, length] for `n_new` items appended at `end` after row `anchor`; a row
+    whose span ends at `end` is extended instead, so a chain of turns stays one span."""
+    a = rows[anchor] if anchor >= 0 else None
+    if a is not None and a[2] == end:
+        return [a[0], a[1], end + n_new, length]
+    return [anchor, end, end + n_new, length]
+
+
+def _decoded_tokens(obj: Snapshot | Hollow) -> tuple[int, ...] | None:
+    return None if isinstance(obj, Hollow) and not obj.decoded else obj.tokens
 
 
 def save_session(session: Session, path: Path) -> int:
@@ -203,6 +343,9 @@ def load_session(session: Session, path: Path) -> Loaded:
     if version > FORMAT_VERSION:
         raise StateFileError(f"{path}: written by a newer chatrwkv (session format {version}); "
                              "please upgrade")
+    if version < FORMAT_VERSION:  # format 1 was only ever written by unreleased code
+        raise StateFileError(f"{path}: session format {version} is from a development version "
+                             f"of chatrwkv and no longer read (this one reads {FORMAT_VERSION})")
     mine = session.model.identity()
     try:
         theirs = json.loads(meta.get("identity", "{}"))
@@ -217,11 +360,10 @@ def load_session(session: Session, path: Path) -> Loaded:
 
 
 def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> Loaded:
-    from .events import Snapshot, Turn
+    """The tree, with only the stored snapshots decoded: nothing here runs once per turn."""
+    from .events import Snapshot
 
-    zero = session.model.zero_state()
-    state_class, shapes = type(zero), {k: v.shape for k, v in zero.tensors().items()}
-    device = zero.device
+    state_class, shapes, device = _state_spec(session.model)
 
     def state_from(prefix: str):
         parts = {k: tensors[f"{prefix}.{k}"] for k in shapes}
@@ -233,34 +375,161 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
     if body["tokenizer"] != session.tokenizer.name:
         raise StateFileError(f"session uses the {body['tokenizer']} tokenizer, "
                              f"this chat the {session.tokenizer.name} one")
-    prompts = [Prompt(**p) for p in body["prompts"]]
-    objects: list[Snapshot | Hollow] = []
-    for i, r in enumerate(body["snapshots"]):
-        base = objects[r["base"]] if r["base"] is not None else None
-        tokens = (base.tokens if base else ()) + tuple(int(t) for t in r["tokens"])
-        transcript = ((base.transcript[: r["tfrom"]] if base else ())
-                      + tuple(Turn(str(a), str(b)) for a, b in r["transcript"]))
-        settings = SamplingSettings(**r["settings"])
-        if r["stored"]:
-            logits = tensors.get(f"snap{i}.logits")
-            objects.append(Snapshot(state_from(f"snap{i}"),
-                                    None if logits is None else logits.to(device),
-                                    tokens, transcript, settings))
-        else:
-            objects.append(Hollow(tokens, transcript, settings))
+    table = _Table(body, tensors, session.model.config.vocab_size)
     tree = Conversation(session.tree.max_live)
-    for n in body["nodes"]:
-        node = Node(int(n["id"]), n["parent"], str(n["label"]), str(n["preview"]),
-                    prompts[n["prompt"]], {str(k): objects[v] for k, v in n["slots"].items()},
-                    [int(c) for c in n["children"]])
-        tree.nodes[node.id] = node
+    for j in body["stored"]:
+        if not (isinstance(j, int) and 0 <= j < table.n_rows):
+            raise ValueError("stored row out of range")
+        twin = table.hollow(j)
+        logits = tensors.get(f"snap{j}.logits")
+        snap = Snapshot(state_from(f"snap{j}"), None if logits is None else logits.to(device),
+                        twin.tokens, twin.transcript, twin.settings)
+        table.snapshots[j] = snap
+        tree.twins[id(snap)] = (snap, twin)
+    tree.adopt(table.n_nodes, table.node)
     tree.branches = {str(k): int(v) for k, v in body["branches"].items()}
     tree.branch = str(body["branch"])
     tree.current = int(body["current"])
     tree.redo_stack = [int(x) for x in body["redo"]]
-    if tree.current not in tree.nodes or any(v not in tree.nodes for v in tree.branches.values()):
+    heads = {tree.current, *tree.branches.values(), *tree.redo_stack}
+    if any(n not in tree.nodes for n in heads):
         raise ValueError("node index out of range")
     for node_id in {tree.current, *tree.branches.values()}:
         tree.live[node_id] = None
+        tree.holding.add(node_id)
     initial = state_from("init") if f"init.{next(iter(shapes))}" in tensors else None
     return Loaded(tree, tensors["rng"], initial, body.get("mounted"))
+
+
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
+    """The model's state class, field shapes and device, from one zero state per model (a 1.5B
+    model's is 13 MB: allocating it at every resume would cost more than the rest)."""
+    try:
+        spec = _SPECS.get(model)
+    except TypeError:  # not weak-referenceable: no cache
+        spec = None
+    if spec is None:
+        zero = model.zero_state()
+        spec = type(zero), {k: v.shape for k, v in zero.tensors().items()}, zero.device
+        with contextlib.suppress(TypeError):
+            _SPECS[model] = spec
+    return spec
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+class _Table:
+    """A session file's snapshot and node rows, decoded on demand (a `HollowSource`)."""
+
+    def __init__(self, body: dict, tensors: dict[str, torch.Tensor], vocab_size: int):
+        self.flat, self.tok, self.turn = tensors["tokens"], tensors["snap.tokens"], \
+            tensors["snap.turns"]
+        self.setting_rows, self.parent = tensors["snap.settings"], tensors["node.parent"]
+        self.node_prompt, self.node_slots = tensors["node.prompt"], tensors["node.slots"]
+        self.roles, self.texts = body["roles"], body["texts"]
+        self.labels, self.previews = body["labels"], body["previews"]
+        self.slot_names = [str(k) for k in body["slot_names"]]
+        self.prompts = [Prompt(**p) for p in body["prompts"]]
+        self.settings = [SamplingSettings(**s) for s in body["settings"]]
+        self.n_rows, self.n_nodes = len(self.tok), len(self.parent)
+        self._check(vocab_size)
+        self._hollows: list[Hollow | None] = [None] * self.n_rows
+        self.snapshots: dict[int, Snapshot] = {}
+
+    def _check(self, vocab_size: int) -> None:
+        """Every index in range, every length consistent: a few tensor ops, whatever the size."""
+        flat, tok, turn, n, s = self.flat, self.tok, self.turn, self.n_nodes, self.n_rows
+        _require(all(isinstance(x, list) for x in (self.roles, self.texts, self.labels,
+                                                  self.previews)), "lists expected")
+        _require(flat.dtype == torch.int32 and flat.dim() == 1, "tokens: int32 vector expected")
+        # in pieces below torch's parallel grain: no wake-up of its thread pool (which costs
+        # milliseconds on a busy machine) for a scan of a few microseconds
+        _require(all(int(c.min()) >= 0 and int(c.max()) < vocab_size
+                     for c in flat.split(_GRAIN)), "token id out of range")
+        ints = (tok, turn, self.setting_rows, self.parent, self.node_prompt, self.node_slots)
+        _require(all(t.dtype == torch.int64 for t in ints), "int64 tables expected")
+        _require(tok.shape == (s, 4) and turn.shape == (s, 4) and self.setting_rows.shape == (s,),
+                 "snapshot tables of different lengths")
+        _require(n >= 1 and self.parent.shape == (n,) and self.node_prompt.shape == (n,)
+                 and self.node_slots.shape == (n, len(self.slot_names))
+                 and len(self.labels) == n and len(self.previews) == n, "node tables")
+        _require(len(self.roles) == len(self.texts), "turn lists of different lengths")
+        rows = torch.arange(s)
+        for table, stop in ((tok, len(flat)), (turn, len(self.roles))):
+            anchor, start, end, length = table.unbind(1)
+            _require(bool(((anchor >= -1) & (anchor < rows)).all()), "anchor out of range")
+            _require(bool(((start >= 0) & (start <= end) & (end <= stop)).all()), "span")
+            before = torch.where(anchor >= 0, length[anchor.clamp(min=0)], 0)
+            _require(bool((length == before + end - start).all()), "lengths disagree")
+        _require(bool(((self.setting_rows >= 0)
+                       & (self.setting_rows < len(self.settings))).all()), "settings index")
+        _require(bool(((self.parent >= -1) & (self.parent < torch.arange(n))).all()), "parent")
+        _require(bool(((self.node_prompt >= 0) & (self.node_prompt < len(self.prompts))).all()),
+                 "prompt index")
+        _require(bool(((self.node_slots >= -1) & (self.node_slots < s)).all()), "slot index")
+
+    # --- HollowSource: one row's tokens / turns, walking its few anchors -----------------------
+
+    def _walk(self, table: torch.Tensor, row: int, attr: str) -> tuple[tuple, list[tuple]]:
+        """(what an already decoded anchor holds, the spans after it in order)."""
+        spans, at = [], row
+        while at >= 0:
+            h = self._hollows[at]
+            done = h.cached(attr) if at != row and h is not None else None
+            if done is not None:
+                return done, spans[::-1]
+            at, start, stop, _ = table[at].tolist()
+            spans.append((start, stop))
+        return (), spans[::-1]
+
+    def tokens(self, row: int) -> tuple[int, ...]:
+        prefix, spans = self._walk(self.tok, row, "tokens")
+        ids: list[int] = []
+        for start, stop in spans:
+            ids += self.flat[start:stop].tolist()
+        return prefix + tuple(ids)
+
+    def transcript(self, row: int) -> tuple[Turn, ...]:
+        from .events import Turn
+
+        prefix, spans = self._walk(self.turn, row, "transcript")
+        roles = chain.from_iterable(self.roles[a:b] for a, b in spans)
+        texts = chain.from_iterable(self.texts[a:b] for a, b in spans)
+        return prefix + tuple(map(Turn, map(str, roles), map(str, texts)))
+
+    def n_tokens(self, row: int) -> int:
+        return int(self.tok[row, 3])
+
+    def origin(self, row: int):
+        """(token anchor, new token ids, turn anchor, roles, texts, n_tokens, n_turns) of a row,
+        for writing it again undecoded."""
+        t_anchor, start, stop, n_tok = self.tok[row].tolist()
+        r_anchor, r_start, r_stop, n_turn = self.turn[row].tolist()
+        return (self.hollow(t_anchor) if t_anchor >= 0 else None, self.flat[start:stop],
+                self.hollow(r_anchor) if r_anchor >= 0 else None,
+                list(map(str, self.roles[r_start:r_stop])),
+                list(map(str, self.texts[r_start:r_stop])), n_tok, n_turn)
+
+    # --- objects -------------------------------------------------------------------------------
+
+    def hollow(self, row: int) -> Hollow:
+        h = self._hollows[row]
+        if h is None:
+            h = self._hollows[row] = Hollow(None, None, self.settings[int(self.setting_rows[row])],
+                                            self, row)
+        return h
+
+    def node(self, node_id: int) -> Node:
+        parent = int(self.parent[node_id])
+        slots = {self.slot_names[c]: self.snapshots.get(j) or self.hollow(j)
+                 for c, j in enumerate(self.node_slots[node_id].tolist()) if j >= 0}
+        children = (self.parent == node_id).nonzero().flatten().tolist()
+        return Node(node_id, None if parent < 0 else parent, str(self.labels[node_id]),
+                    str(self.previews[node_id]), self.prompts[int(self.node_prompt[node_id])],
+                    slots, children)

@@ -12,13 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
+from typing_extensions import Self
 
 from .errors import StateFileError
-
-S = TypeVar("S", bound="State")
 
 STATE_FORMAT = "chatrwkv-state"
 STATE_FORMAT_VERSION = 1
@@ -33,14 +32,14 @@ class State:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def clone(self: S) -> S:
+    def clone(self) -> Self:
         """An independent copy: later updates of either do not reach the other."""
         return type(self)(**{k: v.clone() for k, v in self.tensors().items()})
 
-    def to(self: S, device: torch.device | str) -> S:
+    def to(self, device: torch.device | str) -> Self:
         return type(self)(**{k: v.to(device) for k, v in self.tensors().items()})
 
-    def copy_(self: S, other: S) -> S:
+    def copy_(self, other: Self) -> Self:
         """Overwrite this state in place with `other` (same shapes): restores a snapshot."""
         for k, v in self.tensors().items():
             v.copy_(getattr(other, k))
@@ -80,8 +79,8 @@ class State:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls: type[S], path: Path | str, identity: dict[str, str],
-             device: torch.device | str = "cpu") -> S:
+    def load(cls, path: Path | str, identity: dict[str, str],
+             device: torch.device | str = "cpu") -> Self:
         """Read a state written by `save`; refuse a file of another model or another format."""
         from safetensors import SafetensorError, safe_open
 
@@ -89,7 +88,7 @@ class State:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise StateFileError(f"{path}: not a readable state file ({str(e)[:160]})") from None
         if meta.get("format") != STATE_FORMAT:

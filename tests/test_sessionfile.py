@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from chatrwkv import commands as C
 from chatrwkv import sessionfile
+from chatrwkv.conversation import Hollow
 from chatrwkv.events import Chunk, Info, Problem
 from chatrwkv.prompts import parse_prompt
 from chatrwkv.runtime import Runtime
@@ -71,6 +72,7 @@ def test_refusals_keep_the_session(tmp_path):
     with safe_open(str(tmp_path / "mine.session"), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     save_file(tensors, str(future), metadata={**meta, "format_version": "99"})
+    save_file(tensors, str(tmp_path / "old.session"), metadata={**meta, "format_version": "1"})
     body = json.loads(meta["body"])
     body["current"] = 999
     save_file(tensors, str(tmp_path / "bad.session"), metadata={**meta, "body": json.dumps(body)})
@@ -78,6 +80,7 @@ def test_refusals_keep_the_session(tmp_path):
     for line, reason in [("+load good", "saved with another model"),
                          ("+load cut", "not a readable session file"),
                          ("+load future", "newer chatrwkv"),
+                         ("+load old", "session format 1 is from a development version"),
                          ("+load bad", "damaged session file"),
                          ("+load ../x", "bad session name"),
                          ("+save ../x", "bad session name"),
@@ -209,3 +212,97 @@ def test_piped_chat_autosaves_and_cli_resumes(tmp_path):
                            text=True, timeout=120, env=env, check=False)
     assert third.returncode == 1 and third.stderr.count("\n") == 1
     assert "no saved session 'nope'" in third.stderr
+
+
+def grow(session, turns, turn_tokens=50):
+    """`turns` chat turns recorded as the REPL records them, without sampling (as the benchmark)."""
+    from chatrwkv.events import Snapshot, Turn
+
+    base = session.slots["chat"]
+    tokens, transcript = base.tokens, base.transcript
+    for i in range(turns):
+        tokens = tokens + tuple((7 * i + j) % 250 + 1 for j in range(turn_tokens))
+        transcript = transcript + (Turn("user", f"message {i}"), Turn("bot", f"reply {i}"))
+        state = base.state.clone()
+        state.h += i  # a state of its own per turn, so each one is a different snapshot
+        snap = Snapshot(state, base.logits + i, tokens, transcript, session.settings)
+        session.slots = {**session.slots, "chat_pre": snap, "chat": snap}
+        session.record("chat", f"turn {i}")
+
+
+def python_calls(fn):
+    """Python-level function calls made by fn(), dataclass-generated __init__s aside (they are
+    the Turn records of the one transcript a resume must hand to the session)."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "call" and frame.f_code.co_filename != "<string>":
+            count += 1
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_resume_work_does_not_grow_with_the_conversation(tmp_path):
+    """Resuming reads one state and decodes the current node only: the same Python-level work
+    for 3 turns and 300, no model call, no other node built, no other snapshot decoded."""
+    calls = {}
+    for turns in (3, 300):
+        a = make(tmp_path, max_live=4)
+        grow(a, turns)
+        a.save_named(f"t{turns}")
+        b = make(tmp_path, start=False, max_live=4)
+        before = len(b.model.calls)
+        calls[turns] = python_calls(lambda b=b, t=turns: b.load_named(f"t{t}"))
+        assert len(b.model.calls) == before
+        assert len(b.tree.nodes) == turns + 1 and b.tree.nodes.built() == 1
+        assert b.slots["chat"].tokens == a.slots["chat"].tokens
+        assert b.slots["chat"].transcript == a.slots["chat"].transcript
+        assert b.slots["chat"].state.equal(a.slots["chat"].state)
+    assert calls[300] <= calls[3] + 5, calls
+
+    # a resumed session saves again without decoding the turns it did not visit
+    b.save_named("again")
+    hollows = [s for n in b.tree.nodes.values() for s in n.slots.values()
+               if isinstance(s, Hollow)]
+    assert len(hollows) > 290 and sum(h.decoded for h in hollows) <= 2
+    c = make(tmp_path, start=False, max_live=4)
+    c.load_named("again")
+    for k in (a, c):
+        run(k, "+undo")
+        run(k, "+undo")
+    assert c.slots["chat"].transcript == a.slots["chat"].transcript
+    assert c.slots["chat"].tokens == a.slots["chat"].tokens  # rebuilt by prefill from them
+
+
+def test_every_node_survives_save_load_save(tmp_path):
+    """A tree with branches, `+` siblings, undo, free text, a reset and a qa: after save / load
+    and after save / load / save / load, every node's snapshots have the same token ids,
+    transcript and settings as in the session that wrote them."""
+    a = make(tmp_path, max_live=2)
+    for line in ["one", "two", "+", "+branch side", "three", "+gen once upon", "++", "+undo",
+                 "four", "+switch main", "+undo", "five", "+reset", "six", "+qa why", "seven",
+                 "+", "+switch side", "eight"]:
+        run(a, line)
+    a.save_named("tree")
+    b = make(tmp_path, start=False, max_live=2)
+    b.load_named("tree")
+    b.save_named("again")
+    c = make(tmp_path, start=False, max_live=2)
+    c.load_named("again")
+    for other in (b, c):
+        assert len(other.tree.nodes) == len(a.tree.nodes)
+        assert other.tree.branches == a.tree.branches and other.tree.current == a.tree.current
+        for node_id, node in a.tree.nodes.items():
+            mine = other.tree.nodes[node_id]
+            assert (mine.parent, mine.children, mine.label) == (node.parent, node.children,
+                                                                node.label)
+            assert mine.slots.keys() == node.slots.keys()
+            for k, s in node.slots.items():
+                assert mine.slots[k].tokens == s.tokens, (node_id, k)
+                assert mine.slots[k].transcript == s.transcript, (node_id, k)
+                assert mine.slots[k].settings == s.settings
