@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
@@ -37,13 +37,12 @@ def _read_torch(path: Path) -> dict:
         mmap = zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects or code, not only tensors "
-            f"({first[:160]})"
+            f"({first_line(e, 160)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({first_line(e)})") from None
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -53,12 +52,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: damaged or truncated safetensors file ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+        raise CheckpointError(f"{path}: damaged or truncated safetensors file ({first_line(e)})") from None
 
 
 class Checkpoint:

@@ -56,24 +56,22 @@ def _number(check):
     return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
+_non_negative = _number(lambda v: None if v >= 0 else "must be >= 0")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _whole(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+    return parse
+
+
+_positive_int = _whole(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="T", help=f"temperature, 0 = greedy (default {d.temperature})")
     s.add_argument("--top-p", type=_number(check_top_p), default=d.top_p, metavar="P",
                    help=f"nucleus cutoff (default {d.top_p})")
-    s.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+    s.add_argument("--top-k", type=_whole(0), default=d.top_k, metavar="K",
                    help="keep only the K likeliest tokens, 0 = off (default 0)")
     s.add_argument("--presence", type=_non_negative, default=d.presence, metavar="X",
                    help=f"presence penalty (default {d.presence})")
@@ -181,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _dispatch(argv[0], argv)
     args = build_parser().parse_args(argv)
-    if args.top_k < 0:
-        build_parser().error("--top-k must be >= 0")
     from . import ui
     from .defaults import DEMO_BANNER, DEMO_MODEL, DEMO_PROMPT
 

@@ -15,3 +15,9 @@ class StateFileError(ChatRWKVError):
 
 class TokenizerError(ChatRWKVError):
     """A tokenizer that cannot be loaded or does not fit the model."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), for one-line user errors."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from . import __version__
-from .errors import ChatRWKVError, CheckpointError
+from .errors import ChatRWKVError, CheckpointError, first_line
 from .modelnames import (
     SHORT_NAME_HELP,
     Release,
@@ -107,7 +107,7 @@ class Hub:
             raise ChatRWKVError(f"{what}: the hub at {self.endpoint} answered {status}") from None
         except httpx.HTTPError as e:
             raise ChatRWKVError(f"cannot reach the hub at {self.endpoint} ({type(e).__name__}: "
-                                f"{_first_line(e)}); check the network connection") from None
+                                f"{first_line(e)}); check the network connection") from None
 
     def list_files(self, repo_id: str, folder: str | None = None,
                    revision: str = "main") -> list[RemoteFile]:
@@ -136,18 +136,13 @@ class Hub:
         except ChatRWKVError as e:
             raise ChatRWKVError(_stopped(remote, part, str(e))) from None
         except OSError as e:   # the size check of http_get, or the disk
-            raise ChatRWKVError(_stopped(remote, part, _first_line(e))) from None
+            raise ChatRWKVError(_stopped(remote, part, first_line(e))) from None
 
 
 def _stopped(remote: RemoteFile, part: Path, why: str) -> str:
     have = part.stat().st_size if part.exists() else 0
     return (f"download of {remote.filename} stopped at {_bytes(have)} of {_bytes(remote.size)}: "
             f"{why}; run the same pull again to resume")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 # --- SPEC -> remote file ---------------------------------------------------------------------

@@ -11,7 +11,6 @@ import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TextIO
 
 from prompt_toolkit import PromptSession
@@ -44,11 +43,6 @@ from .session import (
 from .sessionfile import AUTOSAVE, home_dir
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
-
-
-def state_dir() -> Path:
-    """$CHATRWKV_HOME, else $XDG_STATE_HOME/chatrwkv, else ~/.local/state/chatrwkv."""
-    return home_dir()
 
 
 def print_error(message: str) -> None:
@@ -220,7 +214,7 @@ class Terminal:
 
         history = InMemoryHistory()
         try:
-            folder = state_dir()
+            folder = home_dir()
             folder.mkdir(parents=True, exist_ok=True)
             history = FileHistory(str(folder / "history"))
         except OSError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel, resolve_device, resolve_dtype
 from .v4 import RWKV4
 from .v5 import RWKV5
@@ -37,4 +37,4 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
         return cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len)
     except (RuntimeError, OSError) as e:
         # A damaged tensor in an mmap-ed file surfaces only when it is read.
-        raise CheckpointError(f"{ckpt.path}: damaged checkpoint ({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{ckpt.path}: damaged checkpoint ({first_line(e, 160)})") from None
