@@ -1,10 +1,18 @@
-"""Builds the optional C core of the World tokenizer; all metadata lives in pyproject.toml.
+"""Builds the optional C parts; all metadata lives in pyproject.toml.
 
-`optional=True`: without a C compiler the install still succeeds and the tokenizer uses its
-pure-Python path (same ids, slower).
+`optional=True`: without a C compiler the install still succeeds, the tokenizer uses its
+pure-Python path (same ids, slower) and one-token steps run through torch (same logits, slower).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("chatrwkv.tokenizer._worldtrie",
-                             sources=["chatrwkv/tokenizer/_worldtrie.c"], optional=True)])
+# POSIX threads for the decode pool; -O3 lets the scalar twins vectorize where no AVX2 exists.
+C_FLAGS = ["-O3", "-pthread"]
+
+setup(ext_modules=[
+    Extension("chatrwkv.tokenizer._worldtrie", sources=["chatrwkv/tokenizer/_worldtrie.c"],
+              optional=True),
+    Extension("chatrwkv.models._v7cpu", sources=["chatrwkv/models/_v7cpu.c"],
+              depends=["chatrwkv/models/_cpukern.h"], extra_compile_args=C_FLAGS,
+              extra_link_args=["-pthread"], optional=True),
+])

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
-def quantize_rows(weight: torch.Tensor, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(weight: torch.Tensor, block: int = 4096,
+                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (int8 [out, in], fp32 scales [out]) with |w - q * s| <= s / 2.
 
-    In blocks of rows, so that the fp32 temporaries of a big head stay small."""
-    q = torch.empty(weight.shape, dtype=torch.int8)
+    In blocks of rows, so that the fp32 temporaries of a big head stay small. `out`: an int8
+    tensor of the weight's shape to write q into (memory the caller chose)."""
+    q = torch.empty(weight.shape, dtype=torch.int8) if out is None else out
     scale = torch.empty(weight.shape[0])
     for s in range(0, weight.shape[0], block):
         w = weight[s:s + block].detach().float()
@@ -43,11 +45,12 @@ def fbgemm_available() -> bool:
 class Int8Linear:
     """A [out, in] weight held as int8 + per-row scales; `self(x)` is `x @ W.T` in fp32."""
 
-    def __init__(self, weight: torch.Tensor, use_fbgemm: bool | None = None):
+    def __init__(self, weight: torch.Tensor, use_fbgemm: bool | None = None,
+                 keep_rows: bool = False, rows_out: torch.Tensor | None = None):
         if weight.dim() != 2:
             raise ValueError(f"Int8Linear needs a 2-D weight, got shape {tuple(weight.shape)}")
         self.shape = tuple(weight.shape)
-        q, scale = quantize_rows(weight)
+        q, scale = quantize_rows(weight, out=rows_out)
         self.q, self.scale = q, scale
         self._packed = None
         if fbgemm_available() if use_fbgemm is None else use_fbgemm:
@@ -56,8 +59,10 @@ class Int8Linear:
                 warnings.simplefilter("ignore")
                 qt = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
                 self._packed = torch.ops.quantized.linear_prepack(qt, None)
-            # The packed copy is all the fast path needs: drop the plain one (half the memory).
-            self.q = None
+            # The packed copy is all fbgemm needs; the plain rows stay only for a C decode
+            # step that reads them (`keep_rows`), else they go (half the memory).
+            if not keep_rows:
+                self.q = None
 
     @property
     def opaque_nbytes(self) -> int:

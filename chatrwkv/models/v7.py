@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
+from . import v7_cpu
+from .arena import Arena
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .pages import PageReleaser
 from .quant import Int8Linear
 
-Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor laid out for `_mm`, or int8
+Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
 
 DECAY_SCALE = math.exp(-0.5)  # log w = -exp(-0.5) * sigmoid(w0 + lora): w in [0.545, 1)
 LN_X_EPS = 64e-5              # the official ln_x GroupNorm eps (1e-5 * head_size_divisor**2)
@@ -64,7 +66,7 @@ class _Layer:
     k_k: torch.Tensor
     k_a: torch.Tensor
     r_k: torch.Tensor        # [H, N]
-    R: Matrix                # [C, C] in the weight dtype, laid out for `_mm`
+    R: Matrix                # [C, C] in the weight dtype, [out, in]
     K: Matrix
     V: Matrix
     O: Matrix
@@ -73,19 +75,17 @@ class _Layer:
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
     ffn_x_k: torch.Tensor
-    ffn_K: Matrix            # [F, C] ([C, F] when fp32)
-    ffn_V: Matrix            # [C, F] ([F, C] when fp32)
+    ffn_K: Matrix            # [F, C]
+    ffn_V: Matrix            # [C, F]
 
 
 def _mm(x: torch.Tensor, W: Matrix) -> torch.Tensor:
-    """x times a big matrix, in x's dtype. fp32 matrices are stored [in, out], 16-bit ones
-    [out, in]: the faster matrix-vector layout of each on CPU (measured). 16-bit weights with
-    fp32 activations (CPU): a vector goes through the fast 16-bit matrix-vector kernel; a matrix
-    converts the weight (cheap next to the GEMM). int8 weights compute in fp32 (quant.py)."""
+    """x times a big matrix [out, in], in x's dtype. 16-bit weights with fp32 activations (CPU):
+    a vector goes through the 16-bit matrix-vector kernel; a matrix converts the weight (cheap
+    next to the GEMM). int8 weights compute in fp32 (quant.py). One-token steps on the CPU
+    normally run in C (`v7_cpu.py`); this is their torch twin and the sequence path."""
     if isinstance(W, Int8Linear):
         return W(x)
-    if W.dtype == torch.float32:
-        return x @ W
     if x.dtype == W.dtype:
         return F.linear(x, W)
     if x.dim() == 1:
@@ -198,14 +198,16 @@ class RWKV7(RWKVModel):
             return t.to(device=device, dtype=self.act_dtype).contiguous()
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
+        arena = _weight_arena(cfg, dtype, self.dtype, device)
 
-        def big(key: str, shape: tuple[int, ...]) -> Matrix:  # the layout `_mm` wants
+        def big(key: str, shape: tuple[int, ...]) -> Matrix:  # [out, in], as stored
             t = ckpt.expect_shape(key, shape)
-            if dtype == "int8":
-                out: Matrix = Int8Linear(t)
-            elif self.dtype == torch.float32:  # one copy: cast and transpose together
-                out = torch.empty(t.shape[::-1], dtype=self.dtype, device=device)
-                out.copy_(t.t())
+            if dtype == "int8":  # the C step reads the plain int8 rows, prefill fbgemm's copy
+                rows = arena.take(shape, torch.int8) if arena else None
+                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows)
+            elif arena is not None:
+                out = arena.take(shape, self.dtype)
+                out.copy_(t)
             else:
                 out = t.to(device=device, dtype=self.dtype).contiguous()
             pages.release(t, out)
@@ -249,6 +251,8 @@ class RWKV7(RWKVModel):
         self.head = big("head.weight", (cfg.vocab_size, C))
         # Newer official files carry a layer-0 value LoRA that the model never uses.
         ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
+        self._cpu_step: v7_cpu.CpuStep | None = None  # built at the first one-token step
+        self._cpu_step_tried = False
 
     def zero_state(self) -> WKVState:
         c = self.config
@@ -353,6 +357,22 @@ class RWKV7(RWKVModel):
     # --- RNN mode (one token, in place) ---------------------------------------------------------
 
     def _forward_one(self, token: int, state: WKVState) -> torch.Tensor:
+        """One token: in C where it can run (CPU, no gradients wanted), else in torch."""
+        if not (torch.is_grad_enabled() and self._wants_grad()):
+            if not self._cpu_step_tried:
+                self._cpu_step_tried = True
+                self._cpu_step = v7_cpu.CpuStep.build(self)
+            if self._cpu_step is not None and self._cpu_step.accepts(state):
+                return self._cpu_step.step(token, state)
+        return self._forward_one_torch(token, state)
+
+    def _wants_grad(self) -> bool:
+        tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
+        for p in self.layers:
+            tensors.extend(getattr(p, f.name) for f in dataclasses.fields(p))
+        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+    def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         act = self.act_dtype
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
         x = self.emb[token].to(act)
@@ -404,6 +424,18 @@ def _head_mm(x: torch.Tensor, head: Matrix) -> torch.Tensor:
         return _mm(x, head)
     # Many rows through a 16-bit head: a 16-bit GEMM, not an fp32 copy of the [V, C] head.
     return F.linear(x.to(head.dtype), head).to(x.dtype)
+
+
+def _weight_arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
+                  device: torch.device) -> Arena | None:
+    """Huge-page memory for the big matrices that the C one-token step streams (arena.py)."""
+    if device.type != "cpu" or not v7_cpu.available() or dtype not in ("fp32", "bf16", "int8"):
+        return None
+    C, F_ = cfg.n_embd, cfg.ffn_dim
+    shapes = [(C, C)] * 4 + [(F_, C), (C, F_)]
+    item = torch.int8 if dtype == "int8" else weight_dtype
+    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in shapes)
+    return Arena(total + Arena.nbytes((cfg.vocab_size, C), item))
 
 
 def _fold_ln0(emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, device: torch.device,

@@ -1,0 +1,360 @@
+/* RWKV v7 "Goose": one token in RNN mode on the CPU, in C (the twin of `RWKV7._forward_one`).
+ *
+ * `v7.py` prepares the weights with torch (fp32 vectors; big matrices fp32, bf16 or int8 with
+ * per-row scales, all row-major [out, in]) and hands their addresses to `new_model`; it keeps
+ * the tensors alive for as long as the model lives. `step` then runs one token: it reads and
+ * updates the state tensors in place and writes fp32 logits. Per layer, five phases run on the
+ * pool (_cpukern.h): r/k/v and the first LoRA halves; the second LoRA halves; the WKV update per
+ * head with its GroupNorm; the output projection; the two FFN products. The serial work between
+ * them is a few vector ops of length C.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_cpukern.h"
+
+#define DECAY_SCALE 0.6065306597126334f  /* exp(-0.5), as v7.py */
+#define LN_EPS 1e-5f
+#define LN_X_EPS 64e-5f
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *maa, *w0, *a0, *v0, *k_k, *k_a, *r_k, *ln_x_w, *ln_x_b;
+    const float *ln2_w, *ln2_b, *ffn_x_k;
+    CkMat R, K, V, O, fK, fV, w1, w2, a1, a2, v1, v2, g1, g2;
+} V7Layer;
+
+typedef struct {
+    int L, C, H, N, F, V;
+    const void *emb;
+    int emb_dtype;  /* CK_F32 or CK_BF16 */
+    const float *ln_out_w, *ln_out_b;
+    CkMat head;
+    V7Layer *layers;
+    CkPool pool;
+    /* scratch */
+    float *buf, *x, *xx, *mix, *r, *k, *v, *v_first, *hw, *ha, *hv, *hg, *w, *a, *vl, *g;
+    float *kk, *b, *aneg, *y, *hk;
+    /* the WKV phase's inputs */
+    float *S;
+    const V7Layer *cur;
+} V7Model;
+
+/* ---- the WKV update of one head --------------------------------------------------------- */
+
+#if CK_X86
+CK_AVX2 static float v7_row_avx2(float *S, const float *w, const float *b, const float *k,
+                                 const float *r, float sa, float vi, int n) {
+    __m256 vsa = _mm256_set1_ps(sa), vv = _mm256_set1_ps(vi), acc = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(S + j), _mm256_loadu_ps(w + j));
+        s = _mm256_fmadd_ps(vsa, _mm256_loadu_ps(b + j), s);
+        s = _mm256_fmadd_ps(vv, _mm256_loadu_ps(k + j), s);
+        _mm256_storeu_ps(S + j, s);
+        acc = _mm256_fmadd_ps(s, _mm256_loadu_ps(r + j), acc);
+    }
+    float y = ck_hsum(acc);
+    for (; j < n; j++) {
+        S[j] = S[j] * w[j] + sa * b[j] + vi * k[j];
+        y += S[j] * r[j];
+    }
+    return y;
+}
+#endif
+
+static float v7_row_scalar(float *S, const float *w, const float *b, const float *k,
+                           const float *r, float sa, float vi, int n) {
+    float y = 0;
+    for (int j = 0; j < n; j++) {
+        S[j] = S[j] * w[j] + sa * b[j] + vi * k[j];
+        y += S[j] * r[j];
+    }
+    return y;
+}
+
+/* Head h: S = S diag(w) + (S a) b^T + v k^T, y = S r, GroupNorm, the r_k bonus, times g. */
+static void v7_wkv_head(const CkPhase *ph, int h) {
+    V7Model *m = (V7Model *)ph->ctx;
+    const V7Layer *l = m->cur;
+    int N = m->N, o = h * N;
+    float *S = m->S + (size_t)h * N * N;
+    const float *r = m->r + o, *w = m->w + o, *k = m->k + o, *v = m->v + o;
+    const float *a = m->aneg + o, *b = m->b + o;
+    float *y = m->y + o;
+    for (int i = 0; i < N; i++) {
+        float sa = ck_dot_f32(S + (size_t)i * N, a, N);
+#if CK_X86
+        if (ck_use_avx2) {
+            y[i] = v7_row_avx2(S + (size_t)i * N, w, b, k, r, sa, v[i], N);
+            continue;
+        }
+#endif
+        y[i] = v7_row_scalar(S + (size_t)i * N, w, b, k, r, sa, v[i], N);
+    }
+    double mean = 0, var = 0;
+    for (int i = 0; i < N; i++) mean += y[i];
+    mean /= N;
+    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
+    var /= N;
+    float inv = (float)(1.0 / sqrt(var + LN_X_EPS)), mu = (float)mean;
+    float bonus = 0;
+    for (int j = 0; j < N; j++) bonus += r[j] * m->k[o + j] * l->r_k[o + j];
+    for (int i = 0; i < N; i++) {
+        float yi = (y[i] - mu) * inv * l->ln_x_w[o + i] + l->ln_x_b[o + i];
+        y[i] = (yi + bonus * v[i]) * m->g[o + i];
+    }
+}
+
+/* ---- one token ---------------------------------------------------------------------------- */
+
+static void v7_token_shift(float *prev, const float *xx, float *dx, int C) {
+    for (int i = 0; i < C; i++) {
+        dx[i] = prev[i] - xx[i];
+        prev[i] = xx[i];
+    }
+}
+
+static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_x,
+                    float *logits) {
+    int C = m->C, H = m->H, N = m->N;
+    CkPool *p = &m->pool;
+    float *x = m->x, *xx = m->xx, *dx = m->kk;  /* kk doubles as scratch before it is used */
+    if (m->emb_dtype == CK_F32) {
+        memcpy(x, (const float *)m->emb + (size_t)token * C, C * sizeof(float));
+    } else {
+        const uint16_t *e = (const uint16_t *)m->emb + (size_t)token * C;
+        for (int i = 0; i < C; i++) x[i] = ck_bf16_to_f32(e[i]);
+    }
+    for (int li = 0; li < m->L; li++) {
+        const V7Layer *l = &m->layers[li];
+        /* time mix: the six token-shift mixes, then r, k, v and the first LoRA halves */
+        ck_layer_norm(x, l->ln1_w, l->ln1_b, xx, C, LN_EPS);
+        v7_token_shift(att_x + (size_t)li * C, xx, dx, C);
+        for (int s = 0; s < 6; s++) {
+            const float *maa = l->maa + (size_t)s * C;
+            float *out = m->mix + (size_t)s * C;
+            for (int i = 0; i < C; i++) out[i] = xx[i] + dx[i] * maa[i];
+        }
+        const float *xr = m->mix, *xw = xr + C, *xk = xw + C, *xv = xk + C, *xa = xv + C,
+                    *xg = xa + C;
+        ck_phase_begin(p);
+        ck_phase_add(p, &l->R, xr, m->r, EP_STORE);
+        ck_phase_add(p, &l->K, xk, m->k, EP_STORE);
+        ck_phase_add(p, &l->V, xv, m->v, EP_STORE);
+        ck_phase_add(p, &l->w1, xw, m->hw, EP_TANH);
+        ck_phase_add(p, &l->a1, xa, m->ha, EP_STORE);
+        ck_phase_add(p, &l->g1, xg, m->hg, EP_SIGMOID);
+        ck_run_phase(p, ck_phase_add(p, &l->v1, xv, m->hv, EP_STORE));
+        ck_phase_begin(p);
+        ck_phase_add(p, &l->w2, m->hw, m->w, EP_STORE);
+        ck_phase_add(p, &l->a2, m->ha, m->a, EP_STORE);
+        ck_phase_add(p, &l->g2, m->hg, m->g, EP_STORE);
+        ck_run_phase(p, ck_phase_add(p, &l->v2, m->hv, m->vl, EP_STORE));
+        /* decay, in-context learning rate, normalized key, value residual */
+        for (int i = 0; i < C; i++) {
+            m->w[i] = expf(-DECAY_SCALE * ck_sigmoid(l->w0[i] + m->w[i]));
+            m->a[i] = ck_sigmoid(l->a0[i] + m->a[i]);
+            m->kk[i] = m->k[i] * l->k_k[i];
+        }
+        for (int h = 0; h < H; h++) {
+            float *kh = m->kk + h * N;
+            double ss = 0;
+            for (int j = 0; j < N; j++) ss += (double)kh[j] * kh[j];
+            float nrm = (float)sqrt(ss);
+            float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+            for (int j = 0; j < N; j++) kh[j] *= inv;
+        }
+        for (int i = 0; i < C; i++) {
+            m->k[i] *= 1 + (m->a[i] - 1) * l->k_a[i];
+            m->aneg[i] = -m->kk[i];
+            m->b[i] = m->kk[i] * m->a[i];
+        }
+        if (li == 0) {
+            memcpy(m->v_first, m->v, C * sizeof(float));
+        } else {
+            for (int i = 0; i < C; i++)
+                m->v[i] += (m->v_first[i] - m->v[i]) * ck_sigmoid(l->v0[i] + m->vl[i]);
+        }
+        /* the WKV update, one chunk per head */
+        m->S = wkv + (size_t)li * H * N * N;
+        m->cur = l;
+        p->phase.fn = v7_wkv_head;
+        p->phase.ctx = m;
+        ck_run_phase(p, H);
+        ck_phase_begin(p);
+        ck_run_phase(p, ck_phase_add(p, &l->O, m->y, x, EP_ADD));
+        /* channel mix */
+        ck_layer_norm(x, l->ln2_w, l->ln2_b, xx, C, LN_EPS);
+        v7_token_shift(ffn_x + (size_t)li * C, xx, dx, C);
+        for (int i = 0; i < C; i++) xx[i] += dx[i] * l->ffn_x_k[i];
+        ck_phase_begin(p);
+        ck_run_phase(p, ck_phase_add(p, &l->fK, xx, m->hk, EP_RELU_SQ));
+        ck_phase_begin(p);
+        ck_run_phase(p, ck_phase_add(p, &l->fV, m->hk, x, EP_ADD));
+    }
+    ck_layer_norm(x, m->ln_out_w, m->ln_out_b, xx, C, LN_EPS);
+    ck_phase_begin(p);
+    ck_run_phase(p, ck_phase_add(p, &m->head, xx, logits, EP_STORE));
+}
+
+/* ---- Python binding ----------------------------------------------------------------------- */
+
+static int parse_mat(PyObject *o, CkMat *m) {
+    /* None (an absent LoRA), or (address, scale address, dtype, out, in) */
+    memset(m, 0, sizeof *m);
+    if (o == Py_None) return 1;
+    unsigned long long w, scale;
+    if (!PyArg_ParseTuple(o, "KKiii", &w, &scale, &m->dtype, &m->out, &m->in)) return 0;
+    m->w = (const void *)(uintptr_t)w;
+    m->scale = (const float *)(uintptr_t)scale;
+    if (m->dtype < CK_F32 || m->dtype > CK_I8 || m->out < 1 || m->in < 1 ||
+        (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "bad matrix description");
+        return 0;
+    }
+    return 1;
+}
+
+static const float *addr(PyObject *seq, Py_ssize_t i) {
+    return (const float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seq, i));
+}
+
+static void model_free(V7Model *m) {
+    if (m->pool.n_threads > 0) ck_pool_stop(&m->pool);
+    free(m->layers);
+    free(m->buf);
+    free(m);
+}
+
+static void capsule_free(PyObject *cap) {
+    V7Model *m = (V7Model *)PyCapsule_GetPointer(cap, "chatrwkv.v7cpu");
+    if (m) model_free(m);
+}
+
+#define N_VECS 14
+#define N_MATS 14
+
+/* new_model(dims, emb, emb_dtype, ln_out_w, ln_out_b, head, layers, n_threads)
+ * dims = (L, C, H, N, F, V); layers = one tuple per layer: 14 vector addresses then 14 matrices
+ * (R, K, V, O, ffn K, ffn V, w1, w2, a1, a2, v1, v2, g1, g2). */
+static PyObject *py_new_model(PyObject *self, PyObject *args) {
+    PyObject *dims, *head, *layers;
+    unsigned long long emb, ln_w, ln_b;
+    int emb_dtype, n_threads;
+    if (!PyArg_ParseTuple(args, "O!KiKKOO!i", &PyTuple_Type, &dims, &emb, &emb_dtype, &ln_w,
+                          &ln_b, &head, &PyList_Type, &layers, &n_threads))
+        return NULL;
+    V7Model *m = calloc(1, sizeof *m);
+    if (!m) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(dims, "iiiiii", &m->L, &m->C, &m->H, &m->N, &m->F, &m->V) ||
+        !parse_mat(head, &m->head))
+        goto fail;
+    if (m->L < 1 || m->C < 1 || m->H * m->N != m->C || PyList_GET_SIZE(layers) != m->L ||
+        (emb_dtype != CK_F32 && emb_dtype != CK_BF16)) {
+        PyErr_SetString(PyExc_ValueError, "bad model description");
+        goto fail;
+    }
+    m->emb = (const void *)(uintptr_t)emb;
+    m->emb_dtype = emb_dtype;
+    m->ln_out_w = (const float *)(uintptr_t)ln_w;
+    m->ln_out_b = (const float *)(uintptr_t)ln_b;
+    m->layers = calloc(m->L, sizeof(V7Layer));
+    if (!m->layers) { PyErr_NoMemory(); goto fail; }
+    int maxd = m->C;
+    for (int i = 0; i < m->L; i++) {
+        PyObject *t = PyList_GET_ITEM(layers, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != N_VECS + N_MATS) {
+            PyErr_SetString(PyExc_ValueError, "bad layer description");
+            goto fail;
+        }
+        V7Layer *l = &m->layers[i];
+        const float **vecs[N_VECS] = {&l->ln1_w, &l->ln1_b, &l->maa, &l->w0, &l->a0, &l->v0,
+                                      &l->k_k, &l->k_a, &l->r_k, &l->ln_x_w, &l->ln_x_b,
+                                      &l->ln2_w, &l->ln2_b, &l->ffn_x_k};
+        for (int j = 0; j < N_VECS; j++) *vecs[j] = addr(t, j);
+        CkMat *mats[N_MATS] = {&l->R, &l->K, &l->V, &l->O, &l->fK, &l->fV, &l->w1, &l->w2,
+                               &l->a1, &l->a2, &l->v1, &l->v2, &l->g1, &l->g2};
+        for (int j = 0; j < N_MATS; j++)
+            if (!parse_mat(PyTuple_GET_ITEM(t, N_VECS + j), mats[j])) goto fail;
+        if (PyErr_Occurred()) goto fail;
+        if (l->fK.out > maxd) maxd = l->fK.out;
+        if (l->w1.out > maxd) maxd = l->w1.out;
+        if (l->a1.out > maxd) maxd = l->a1.out;
+        if (l->v1.out > maxd) maxd = l->v1.out;
+        if (l->g1.out > maxd) maxd = l->g1.out;
+    }
+    /* scratch: 6C mixes + 16 vectors of C + hk, each slot maxd long */
+    int C = m->C;
+    m->buf = calloc((size_t)(22 + 6) * maxd + (size_t)m->F + 64, sizeof(float));
+    if (!m->buf) { PyErr_NoMemory(); goto fail; }
+    float *q = m->buf;
+    float **slots[] = {&m->x, &m->xx, &m->r, &m->k, &m->v, &m->v_first, &m->hw, &m->ha, &m->hv,
+                       &m->hg, &m->w, &m->a, &m->vl, &m->g, &m->kk, &m->b, &m->aneg, &m->y};
+    for (size_t j = 0; j < sizeof slots / sizeof *slots; j++, q += maxd) *slots[j] = q;
+    m->mix = q;
+    q += (size_t)6 * C;
+    m->hk = q;
+    ck_pool_start(&m->pool, n_threads);
+    PyObject *cap = PyCapsule_New(m, "chatrwkv.v7cpu", capsule_free);
+    if (!cap) model_free(m);
+    return cap;
+fail:
+    free(m->layers);
+    free(m->buf);
+    free(m);
+    return NULL;
+}
+
+/* step(model, token, att_x, wkv, ffn_x, logits): addresses of contiguous fp32 tensors. */
+static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "step takes 6 arguments");
+        return NULL;
+    }
+    V7Model *m = (V7Model *)PyCapsule_GetPointer(args[0], "chatrwkv.v7cpu");
+    if (!m) return NULL;
+    long token = PyLong_AsLong(args[1]);
+    void *ptr[4];
+    for (int i = 0; i < 4; i++) ptr[i] = PyLong_AsVoidPtr(args[2 + i]);
+    if (PyErr_Occurred()) return NULL;
+    if (token < 0 || token >= m->V) {
+        PyErr_Format(PyExc_IndexError, "token %ld is outside the vocabulary (%d)", token, m->V);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    v7_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_threads(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    V7Model *m = (V7Model *)PyCapsule_GetPointer(cap, "chatrwkv.v7cpu");
+    return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
+}
+
+static PyObject *py_set_simd(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    ck_init();
+    if (!on) ck_use_avx2 = 0;
+    return PyBool_FromLong(ck_use_avx2);
+}
+
+static PyMethodDef methods[] = {
+    {"new_model", py_new_model, METH_VARARGS, "Build a model from weight addresses."},
+    {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "Run one token."},
+    {"threads", py_threads, METH_VARARGS, "Threads the model's pool runs."},
+    {"set_simd", py_set_simd, METH_VARARGS,
+     "Use AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
+                                    "RWKV v7 one-token step on the CPU.", -1, methods};
+
+PyMODINIT_FUNC PyInit__v7cpu(void) {
+    ck_init();
+    return PyModule_Create(&module);
+}

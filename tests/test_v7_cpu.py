@@ -1,0 +1,140 @@
+"""The C one-token step of RWKV v7 (`_v7cpu.c`) against its torch twin, for every weight dtype,
+with and without SIMD, with any thread count; and the huge-page weight arena."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from chatrwkv.models import load_model, v7_cpu
+from chatrwkv.models.arena import ALIGN, Arena
+from chatrwkv.synth import write_checkpoint
+
+pytestmark = pytest.mark.skipif(not v7_cpu.available(), reason="C extension not built")
+
+# Odd sizes on purpose: rows that are no multiple of the 32-wide SIMD loop, a head size of 24,
+# LoRA widths the synth picks for C = 72; and the official-like 64-wide heads.
+SHAPES = {"odd": {"n_layer": 2, "n_embd": 72, "vocab_size": 301, "head_size": 24},
+          "heads64": {"n_layer": 3, "n_embd": 128, "vocab_size": 500, "head_size": 64}}
+TOKENS = torch.randint(0, 300, (24,), generator=torch.Generator().manual_seed(3)).tolist()
+SAME_TOL = 2e-5  # C vs torch on the same fp32 weights: the same sums in other orders
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def ckpt_path(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp("v7cpu")
+    return write_checkpoint(d / f"{request.param}.pth", "7.0", seed=5, **SHAPES[request.param])
+
+
+@pytest.fixture(params=[True, False], ids=["simd", "scalar"])
+def simd(request):
+    used = v7_cpu.use_simd(request.param)
+    if request.param and not used:
+        pytest.skip("this CPU has no AVX2")
+    yield used
+    v7_cpu.use_simd(True)
+
+
+def _steps(fn, model, tokens):
+    """Logits of every step and the final state, running `fn(token, state)` one by one."""
+    state = model.zero_state()
+    out = []
+    with torch.inference_mode():
+        for t in tokens:
+            out.append(fn(t, state).clone())
+    return torch.stack(out), state
+
+
+def _fast(model):
+    """The public one-token path, which runs the C step where it can."""
+    return lambda token, state: model.forward([token], state)
+
+
+def _dev(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def _compare(fast, twin, fast_model, twin_model, tol):
+    logits_c, state_c = _steps(fast, fast_model, TOKENS)
+    logits_t, state_t = _steps(twin, twin_model, TOKENS)
+    scale = logits_t.abs().max().item()
+    assert _dev(logits_c, logits_t) < tol * max(scale, 1.0)
+    for name, t in state_t.tensors().items():
+        assert _dev(getattr(state_c, name), t) < tol * max(t.abs().max().item(), 1.0), name
+
+
+def test_fp32_step_equals_torch_twin(ckpt_path, simd):
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    _compare(_fast(m), m._forward_one_torch, m, m, SAME_TOL)
+    assert m._cpu_step is not None  # the C step did run
+
+
+def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):
+    # The synth file is bf16, so the fp32 model holds exactly the bf16 values: the C bf16 step
+    # (fp32 activations) must match the torch fp32 step to fp32 rounding.
+    m16 = load_model(ckpt_path, device="cpu", dtype="bf16")
+    m32 = load_model(ckpt_path, device="cpu", dtype="fp32")
+    assert m16.layers[0].R.dtype == torch.bfloat16
+    m32.emb = m16.emb.float()  # the bf16 model rounds its embedding after folding ln0 in
+    _compare(_fast(m16), m32._forward_one_torch, m16, m32, SAME_TOL)
+
+
+def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
+    m8 = load_model(ckpt_path, device="cpu", dtype="int8")
+    twin = load_model(ckpt_path, device="cpu", dtype="fp32")
+    big = ("R", "K", "V", "O", "ffn_K", "ffn_V")
+    twin.layers = tuple(dataclasses.replace(p, **{n: getattr(q, n).dequantize() for n in big})
+                        for p, q in zip(twin.layers, m8.layers))
+    twin.head = m8.head.dequantize()
+    _compare(_fast(m8), twin._forward_one_torch, m8, twin, SAME_TOL)
+
+
+def test_thread_counts_give_identical_results(ckpt_path):
+    # Every output element is one thread's dot product, whichever thread takes its chunk.
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    results = []
+    for n in (1, 2, 3):
+        step = v7_cpu.CpuStep.build(m, n_threads=n)
+        assert step.n_threads == n
+        results.append(_steps(step.step, m, TOKENS[:8]))
+    for logits, state in results[1:]:
+        assert torch.equal(logits, results[0][0])
+        assert torch.equal(state.wkv, results[0][1].wkv)
+
+
+def test_fallbacks_to_torch(ckpt_path):
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    # A state the C side cannot write into (not contiguous) runs through torch, same result.
+    state = m.zero_state()
+    odd = dataclasses.replace(state, wkv=state.wkv.transpose(-1, -2).contiguous().mT)
+    assert not odd.wkv.is_contiguous()
+    with torch.inference_mode():
+        a = m.forward([TOKENS[0]], odd)
+        b = m.forward([TOKENS[0]], m.zero_state())
+    assert _dev(a, b) < SAME_TOL
+    # With gradients wanted, the torch path runs: its logits carry a graph; C's could not.
+    w = m.layers[0].R.requires_grad_()
+    assert m.forward([TOKENS[0]], m.zero_state()).requires_grad
+    w.requires_grad_(False)
+
+
+def test_token_outside_vocabulary_is_one_error(ckpt_path):
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    with torch.inference_mode(), pytest.raises(IndexError, match="outside the vocabulary"):
+        m.forward([m.config.vocab_size], m.zero_state())
+
+
+def test_arena_hands_out_aligned_disjoint_tensors():
+    shapes = [((3, 5), torch.float32), ((7,), torch.int8), ((2, 2), torch.bfloat16)]
+    arena = Arena(sum(Arena.nbytes(s, d) for s, d in shapes))
+    ts = [arena.take(s, d) for s, d in shapes]
+    for t, (s, d) in zip(ts, shapes):
+        assert t.shape == s and t.dtype == d and t.data_ptr() % ALIGN == 0
+        t.fill_(1)
+    assert ts[0].sum().item() == 15  # writing one did not touch another
+    ends = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in ts)
+    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))
+    with pytest.raises(ValueError, match="full"):
+        arena.take((1,), torch.float32)
