@@ -26,8 +26,8 @@ typedef struct {
 typedef struct {
     int L, C, H, N, F, V;
     const void *emb;
-    int emb_dtype;  /* CK_F32 or CK_BF16 */
-    const float *ln_out_w, *ln_out_b;
+    int emb_dtype;  /* CK_F32 or CK_BF16: the raw rows, ln0 applied as they are read */
+    const float *ln0_w, *ln0_b, *ln_out_w, *ln_out_b;
     CkMat head;
     V7Layer *layers;
     CkPool pool;
@@ -120,11 +120,12 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
     CkPool *p = &m->pool;
     float *x = m->x, *xx = m->xx, *dx = m->kk;  /* kk doubles as scratch before it is used */
     if (m->emb_dtype == CK_F32) {
-        memcpy(x, (const float *)m->emb + (size_t)token * C, C * sizeof(float));
+        memcpy(xx, (const float *)m->emb + (size_t)token * C, C * sizeof(float));
     } else {
         const uint16_t *e = (const uint16_t *)m->emb + (size_t)token * C;
-        for (int i = 0; i < C; i++) x[i] = ck_bf16_to_f32(e[i]);
+        for (int i = 0; i < C; i++) xx[i] = ck_bf16_to_f32(e[i]);
     }
+    ck_layer_norm(xx, m->ln0_w, m->ln0_b, x, C, LN_EPS);
     for (int li = 0; li < m->L; li++) {
         const V7Layer *l = &m->layers[li];
         /* time mix: the six token-shift mixes, then r, k, v and the first LoRA halves */
@@ -234,15 +235,15 @@ static void capsule_free(PyObject *cap) {
 #define N_VECS 14
 #define N_MATS 14
 
-/* new_model(dims, emb, emb_dtype, ln_out_w, ln_out_b, head, layers, n_threads)
+/* new_model(dims, emb, emb_dtype, ln0_w, ln0_b, ln_out_w, ln_out_b, head, layers, n_threads)
  * dims = (L, C, H, N, F, V); layers = one tuple per layer: 14 vector addresses then 14 matrices
  * (R, K, V, O, ffn K, ffn V, w1, w2, a1, a2, v1, v2, g1, g2). */
 static PyObject *py_new_model(PyObject *self, PyObject *args) {
     PyObject *dims, *head, *layers;
-    unsigned long long emb, ln_w, ln_b;
+    unsigned long long emb, ln0_w, ln0_b, ln_w, ln_b;
     int emb_dtype, n_threads;
-    if (!PyArg_ParseTuple(args, "O!KiKKOO!i", &PyTuple_Type, &dims, &emb, &emb_dtype, &ln_w,
-                          &ln_b, &head, &PyList_Type, &layers, &n_threads))
+    if (!PyArg_ParseTuple(args, "O!KiKKKKOO!i", &PyTuple_Type, &dims, &emb, &emb_dtype, &ln0_w,
+                          &ln0_b, &ln_w, &ln_b, &head, &PyList_Type, &layers, &n_threads))
         return NULL;
     V7Model *m = calloc(1, sizeof *m);
     if (!m) return PyErr_NoMemory();
@@ -256,6 +257,8 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
     }
     m->emb = (const void *)(uintptr_t)emb;
     m->emb_dtype = emb_dtype;
+    m->ln0_w = (const float *)(uintptr_t)ln0_w;
+    m->ln0_b = (const float *)(uintptr_t)ln0_b;
     m->ln_out_w = (const float *)(uintptr_t)ln_w;
     m->ln_out_b = (const float *)(uintptr_t)ln_b;
     m->layers = calloc(m->L, sizeof(V7Layer));

@@ -67,3 +67,12 @@ class PageReleaser:
         if hi <= lo or not any(a <= lo and hi <= b for a, b in self.ranges):
             return
         self._madvise(lo, hi - lo, _MADV_DONTNEED)
+
+    def copy(self, source: torch.Tensor, dest: torch.Tensor, block_bytes: int = 8 << 20) -> None:
+        """`dest.copy_(source)` by blocks of rows, dropping each source block's pages once
+        copied: converting a big matrix then holds one block of the file, not all of it."""
+        rows = max(1, block_bytes // max(1, source[0].numel() * source.element_size()))
+        for s in range(0, source.shape[0], rows):
+            dest[s:s + rows].copy_(source[s:s + rows])
+            self.release(source[s:s + rows], dest)
+

@@ -15,6 +15,7 @@ fp32 activations times the dequantized weight, against which tests bound the fas
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +23,14 @@ import torch.nn.functional as F
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
-def quantize_rows(weight: torch.Tensor, block: int = 4096,
-                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | None = None,
+                  done: Callable[[torch.Tensor], None] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (int8 [out, in], fp32 scales [out]) with |w - q * s| <= s / 2.
 
     In blocks of rows, so that the fp32 temporaries of a big head stay small. `out`: an int8
-    tensor of the weight's shape to write q into (memory the caller chose)."""
+    tensor of the weight's shape to write q into (memory the caller chose); `done(rows)` is
+    called with each block of source rows once it is quantized (to drop its file pages)."""
     q = torch.empty(weight.shape, dtype=torch.int8) if out is None else out
     scale = torch.empty(weight.shape[0])
     for s in range(0, weight.shape[0], block):
@@ -35,6 +38,8 @@ def quantize_rows(weight: torch.Tensor, block: int = 4096,
         sc = (w.abs().amax(dim=1) / QMAX).clamp_(min=1e-12)  # an all-zero row keeps scale > 0
         q[s:s + block] = torch.round(w / sc.unsqueeze(1)).clamp_(-QMAX, QMAX)
         scale[s:s + block] = sc
+        if done is not None:
+            done(weight[s:s + block])
     return q, scale
 
 
@@ -46,11 +51,12 @@ class Int8Linear:
     """A [out, in] weight held as int8 + per-row scales; `self(x)` is `x @ W.T` in fp32."""
 
     def __init__(self, weight: torch.Tensor, use_fbgemm: bool | None = None,
-                 keep_rows: bool = False, rows_out: torch.Tensor | None = None):
+                 keep_rows: bool = False, rows_out: torch.Tensor | None = None,
+                 done: Callable[[torch.Tensor], None] | None = None):
         if weight.dim() != 2:
             raise ValueError(f"Int8Linear needs a 2-D weight, got shape {tuple(weight.shape)}")
         self.shape = tuple(weight.shape)
-        q, scale = quantize_rows(weight, out=rows_out)
+        q, scale = quantize_rows(weight, out=rows_out, done=done)
         self.q, self.scale = q, scale
         self._packed = None
         if fbgemm_available() if use_fbgemm is None else use_fbgemm:

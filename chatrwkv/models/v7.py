@@ -204,10 +204,11 @@ class RWKV7(RWKVModel):
             t = ckpt.expect_shape(key, shape)
             if dtype == "int8":  # the C step reads the plain int8 rows, prefill fbgemm's copy
                 rows = arena.take(shape, torch.int8) if arena else None
-                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows)
+                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows,
+                                         done=pages.release)
             elif arena is not None:
                 out = arena.take(shape, self.dtype)
-                out.copy_(t)
+                pages.copy(t, out)
             else:
                 out = t.to(device=device, dtype=self.dtype).contiguous()
             pages.release(t, out)
@@ -243,10 +244,11 @@ class RWKV7(RWKVModel):
                 ffn_V=big(b + "ffn.value.weight", (C, cfg.ffn_dim)),
             ))
         self.layers: tuple[_Layer, ...] = tuple(layers)
-        emb = ckpt.require("emb.weight")
-        self.emb = _fold_ln0(emb, vec("blocks.0.ln0.weight", torch.float32),
-                             vec("blocks.0.ln0.bias", torch.float32), device, self.dtype)
-        pages.release(emb, self.emb)
+        # The embedding stays as stored where it can (a memory-mapped file: only the rows of
+        # tokens seen become resident); ln0 is applied to each row as it is used, in fp32.
+        self.emb = _embedding(ckpt.require("emb.weight"), device, self.dtype)
+        self.ln0_w = vec("blocks.0.ln0.weight", torch.float32)
+        self.ln0_b = vec("blocks.0.ln0.bias", torch.float32)
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = big("head.weight", (cfg.vocab_size, C))
         # Newer official files carry a layer-0 value LoRA that the model never uses.
@@ -301,8 +303,9 @@ class RWKV7(RWKVModel):
         """
         if state is None:
             state = self.zero_batch_state(tokens.shape[0])
-        x = self.emb[tokens].to(self.act_dtype)             # [B, T, C]
         C = self.config.n_embd
+        x = F.layer_norm(self.emb[tokens].float(), (C,), self.ln0_w, self.ln0_b)
+        x = x.to(self.act_dtype)                            # [B, T, C]
         v_first = x
         att_x, wkv, ffn_x = [], [], []
         for i, p in enumerate(self.layers):
@@ -367,7 +370,7 @@ class RWKV7(RWKVModel):
         return self._forward_one_torch(token, state)
 
     def _wants_grad(self) -> bool:
-        tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
+        tensors = [self.emb, self.ln0_w, self.ln0_b, self.ln_out_w, self.ln_out_b, self.head]
         for p in self.layers:
             tensors.extend(getattr(p, f.name) for f in dataclasses.fields(p))
         return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
@@ -375,7 +378,7 @@ class RWKV7(RWKVModel):
     def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         act = self.act_dtype
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
-        x = self.emb[token].to(act)
+        x = F.layer_norm(self.emb[token].float(), (C,), self.ln0_w, self.ln0_b).to(act)
         v_first = x
         for i, p in enumerate(self.layers):
             xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)
@@ -438,14 +441,12 @@ def _weight_arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
     return Arena(total + Arena.nbytes((cfg.vocab_size, C), item))
 
 
-def _fold_ln0(emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, device: torch.device,
-              dtype: torch.dtype) -> torch.Tensor:
-    """layer_norm(emb) with ln0 once at load (as the reference does), in fp32, in row blocks."""
-    out = torch.empty(emb.shape, dtype=dtype, device=device)
-    for s in range(0, emb.shape[0], 8192):
-        rows = emb[s:s + 8192].to(device=device, dtype=torch.float32)
-        out[s:s + 8192] = F.layer_norm(rows, (emb.shape[1],), w, b)
-    return out
+def _embedding(emb: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The raw embedding: as stored on the CPU when fp32 or bf16 (exact in fp32, and what the
+    C step reads), else in the weight dtype on the device."""
+    if device.type == "cpu" and emb.dtype in (torch.float32, torch.bfloat16):
+        return emb.contiguous()
+    return emb.to(device=device, dtype=dtype).contiguous()
 
 
 def _read_config(ckpt: Checkpoint) -> RWKV7Config:

@@ -66,7 +66,8 @@ class _Unsupported(Exception):
 class CpuStep:
     def __init__(self, model: RWKV7, handle: object):
         # The C side points into these tensors: hold them (not the model: no cycle).
-        self._weights = (model.layers, model.emb, model.ln_out_w, model.ln_out_b, model.head)
+        self._weights = (model.layers, model.emb, model.ln0_w, model.ln0_b, model.ln_out_w,
+                         model.ln_out_b, model.head)
         c = model.config
         self.vocab_size = c.vocab_size
         self.shapes = {"att_x": (c.n_layer, c.n_embd), "ffn_x": (c.n_layer, c.n_embd),
@@ -91,7 +92,8 @@ class CpuStep:
                 raise _Unsupported
             handle = _v7cpu.new_model(
                 (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn_dim, c.vocab_size),
-                emb.data_ptr(), CK_DTYPES[emb.dtype], _fp32(model.ln_out_w),
+                emb.data_ptr(), CK_DTYPES[emb.dtype], _fp32(model.ln0_w), _fp32(model.ln0_b),
+                _fp32(model.ln_out_w),
                 _fp32(model.ln_out_b), _mat(model.head), layers,
                 n_threads or torch.get_num_threads())
         except _Unsupported:
