@@ -15,4 +15,7 @@ setup(ext_modules=[
     Extension("chatrwkv.models._v7cpu", sources=["chatrwkv/models/_v7cpu.c"],
               depends=["chatrwkv/models/_cpukern.h"], extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
+    Extension("chatrwkv.models._v4cpu", sources=["chatrwkv/models/_v4cpu.c"],
+              depends=["chatrwkv/models/_cpukern.h"], extra_compile_args=C_FLAGS,
+              extra_link_args=["-pthread"], optional=True),
 ])

@@ -71,18 +71,18 @@ class ChatEngine:
 
 
 def tensor_bytes(root: object) -> int:
-    """Bytes of the distinct tensor storages reachable from `root` through containers,
-    dataclasses and chatrwkv objects: what a loaded model holds, in whatever dtype."""
-    seen_storage: set[int] = set()
+    """Bytes of the tensors reachable from `root` through containers, dataclasses and chatrwkv
+    objects: what a loaded model holds, in whatever dtype. Overlapping tensors (views of one
+    storage, matrices carved from one arena) count once, and only the bytes they cover."""
+    spans: list[tuple[int, int]] = []
     seen: set[int] = set()
     total, todo = 0, [root]
     while todo:
         obj = todo.pop()
         if isinstance(obj, torch.Tensor):
-            storage = obj.untyped_storage()
-            if storage.data_ptr() not in seen_storage:
-                seen_storage.add(storage.data_ptr())
-                total += storage.nbytes()
+            if obj.numel():
+                start = obj.data_ptr()
+                spans.append((start, start + obj.numel() * obj.element_size()))
             continue
         if id(obj) in seen:
             continue
@@ -97,6 +97,10 @@ def tensor_bytes(root: object) -> int:
             todo.extend(vars(obj).values())
             # Weights held outside tensors (fbgemm's packed int8 matrices) report their size.
             total += getattr(obj, "opaque_nbytes", 0)
+    end = 0
+    for lo, hi in sorted(spans):  # the union of the byte ranges
+        total += max(0, hi - max(lo, end))
+        end = max(end, hi)
     return total
 
 

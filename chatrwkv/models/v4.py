@@ -4,11 +4,12 @@ The math mirrors the official `rwkv` package (`RWKV.att_one/att_seq/ffn_one/ffn_
 state of a layer is a numerator `aa`, a denominator `bb` and their shared exponent `pp`: the true
 sums are `aa * exp(pp)` and `bb * exp(pp)`, which keeps them finite for any decay and key.
 
-Precision: the WKV and the state run in fp32 always. On CPU activations are fp32, and 16-bit
-weights are multiplied in their own dtype (the activation is rounded to it, accumulation is fp32):
-on this AVX512-BF16 CPU a bf16 GEMM measured several times faster than upcasting the weights, and
-the RNN and sequence paths round alike. On CUDA activations are in the weight dtype, and fp16
-halves the residual every `RESCALE_LAYER` layers as the reference does, so it cannot overflow.
+Precision: the WKV and the state run in fp32 always. On CPU activations are fp32, and in torch
+16-bit weights are multiplied in their own dtype (the activation is rounded to it, accumulation is
+fp32): on this AVX512-BF16 CPU a bf16 GEMM measured several times faster than upcasting the
+weights. One-token steps on the CPU normally run in C (`v4_cpu.py`), which keeps fp32 activations
+for every weight dtype. On CUDA activations are in the weight dtype, and fp16 halves the residual
+every `RESCALE_LAYER` layers as the reference does, so it cannot overflow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import State
+from . import v4_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .pages import PageReleaser
 from .quant import Int8Linear
@@ -188,14 +190,21 @@ class RWKV4(RWKVModel):
             return t.squeeze().to(self.device, dtype or self.act_dtype, copy=True)
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
+        arena = v4_cpu.weight_arena(self.config, dtype, self.dtype, device)
 
         def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
             t = ckpt.expect_shape(key, shape)
             if dtype == "int8":  # no rescaling: int8 runs in fp32 activations (CPU only)
-                out: Matrix = Int8Linear(t)
+                # The C step reads the plain int8 rows, the sequence path fbgemm's copy.
+                rows = arena.take(shape, torch.int8) if arena else None
+                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows,
+                                         done=pages.release)
+            elif arena is not None:  # fp32 or bf16 for the C step: [out, in], row-major
+                out = arena.take(shape, self.dtype)
+                pages.copy(t, out)
             elif self.dtype == torch.float32:
-                # Stored [in, out] (a transposed view keeps the [out, in] shape): fp32
-                # matrix-vector products streamed ~1.7x faster in that layout on CPU (measured).
+                # No C step: stored [in, out] (a transposed view keeps the [out, in] shape), as
+                # torch's fp32 matrix-vector products streamed ~1.7x faster so (measured).
                 out = torch.empty(t.shape[::-1], dtype=self.dtype, device=self.device)
                 out = out.copy_(t.t()).t()  # one copy: cast and transpose together
             else:
@@ -240,6 +249,8 @@ class RWKV4(RWKVModel):
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = mat("head.weight", (V, C))
         ckpt.check_consumed()
+        self._cpu_step: v4_cpu.CpuStep | None = None  # built at the first one-token step
+        self._cpu_step_tried = False
 
     def zero_state(self) -> V4State:
         L, C = self.config.n_layer, self.config.n_embd
@@ -257,8 +268,7 @@ class RWKV4(RWKVModel):
         if not all(0 <= t < V for t in tokens):
             raise ValueError(f"token id out of range for vocabulary of {V}")
         if len(tokens) == 1:
-            x = self._forward_one(self.emb[tokens[0]].to(self.act_dtype), state)
-            logits = self._head(x)
+            logits = self._step(int(tokens[0]), state)
             return logits.unsqueeze(0) if full_output else logits
         outputs = []
         for start in range(0, len(tokens), self.chunk_len):
@@ -273,6 +283,26 @@ class RWKV4(RWKVModel):
         return _linear(x, self.head).float()
 
     # --- RNN path: one token -------------------------------------------------------------------
+
+    def _step(self, token: int, state: V4State) -> torch.Tensor:
+        """One token to logits: in C where it can run (CPU, no gradients wanted), else torch."""
+        if not (torch.is_grad_enabled() and self._wants_grad()):
+            if not self._cpu_step_tried:
+                self._cpu_step_tried = True
+                self._cpu_step = v4_cpu.CpuStep.build(self)
+            if self._cpu_step is not None and self._cpu_step.accepts(state):
+                return self._cpu_step.step(token, state)
+        return self._forward_one_torch(token, state)
+
+    def _wants_grad(self) -> bool:
+        tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
+        for w in self.layers:
+            tensors.extend(w)
+        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+    def _forward_one_torch(self, token: int, state: V4State) -> torch.Tensor:
+        """The torch twin of the C step: one token to logits."""
+        return self._head(self._forward_one(self.emb[token].to(self.act_dtype), state))
 
     def _forward_one(self, x: torch.Tensor, state: V4State) -> torch.Tensor:
         C, dt = self.config.n_embd, self.act_dtype
