@@ -333,7 +333,7 @@ class RWKV7(RWKVModel):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         H, N = self.config.n_head, self.config.head_size
-        dx = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1) - x
+        dx = _shift_diff(x, x_prev)
         xr, xw, xk, xv, xa, xg = torch.addcmul(x, dx, p.maa.view(6, 1, 1, C)).unbind(0)
         r, k, v = _mm(xr, p.R), _mm(xk, p.K), _mm(xv, p.V)
         w = F.linear(torch.tanh(F.linear(xw, p.w1)), p.w2)
@@ -416,9 +416,20 @@ class RWKV7(RWKVModel):
         return _mm(x, self.head).float()
 
 
+def _shift_diff(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """Token shift minus x, [B, T, C]: the previous token's x (x_prev for the first) - x.
+    Without autograd, written into one buffer (a cat and a subtraction: ~4% of a prefill)."""
+    if torch.is_grad_enabled():
+        return torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1) - x
+    dx = torch.empty_like(x)
+    torch.sub(x_prev.to(x.dtype), x[:, 0], out=dx[:, 0])
+    torch.sub(x[:, :-1], x[:, 1:], out=dx[:, 1:])
+    return dx
+
+
 def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-    dx = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1) - x
-    k = torch.relu(_mm(torch.addcmul(x, dx, p.ffn_x_k), p.ffn_K)).square()
+    k = _mm(torch.addcmul(x, _shift_diff(x, x_prev), p.ffn_x_k), p.ffn_K)
+    k = torch.relu(k).square() if torch.is_grad_enabled() else torch.relu_(k).square_()
     return _mm(k, p.ffn_V)
 
 
