@@ -8,14 +8,15 @@ from setuptools import Extension, setup
 
 # POSIX threads for the decode pool; -O3 lets the scalar twins vectorize where no AVX2 exists.
 C_FLAGS = ["-O3", "-pthread"]
+CPU_DEPENDS = ["chatrwkv/models/_cpukern.h", "chatrwkv/models/_cpubind.h"]
 
 setup(ext_modules=[
     Extension("chatrwkv.tokenizer._worldtrie", sources=["chatrwkv/tokenizer/_worldtrie.c"],
               optional=True),
     Extension("chatrwkv.models._v7cpu", sources=["chatrwkv/models/_v7cpu.c"],
-              depends=["chatrwkv/models/_cpukern.h"], extra_compile_args=C_FLAGS,
+              depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
     Extension("chatrwkv.models._v4cpu", sources=["chatrwkv/models/_v4cpu.c"],
-              depends=["chatrwkv/models/_cpukern.h"], extra_compile_args=C_FLAGS,
+              depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
 ])

@@ -13,6 +13,7 @@ from chatrwkv.models import load_model, v4_cpu
 from chatrwkv.models.quant import Int8Linear
 from chatrwkv.models.v4 import RWKV4
 from chatrwkv.synth import write_checkpoint
+from tests.cpu_step_helpers import compare, dev, fast, simd_fixture, steps
 
 pytestmark = pytest.mark.skipif(not v4_cpu.available(), reason="C extension not built")
 
@@ -32,41 +33,7 @@ def ckpt_path(request, tmp_path_factory):
     return write_checkpoint(d / f"{request.param}.pth", "4", seed=5, **SHAPES[request.param])
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "scalar"])
-def simd(request):
-    used = v4_cpu.use_simd(request.param)
-    if request.param and not used:
-        pytest.skip("this CPU has no AVX2")
-    yield used
-    v4_cpu.use_simd(True)
-
-
-def _steps(fn, model, tokens):
-    """Logits of every step and the final state, running `fn(token, state)` one by one."""
-    state = model.zero_state()
-    out = []
-    with torch.inference_mode():
-        for t in tokens:
-            out.append(fn(t, state).clone())
-    return torch.stack(out), state
-
-
-def _fast(model):
-    """The public one-token path, which runs the C step where it can."""
-    return lambda token, state: model.forward([token], state)
-
-
-def _dev(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-def _compare(fast, twin, fast_model, twin_model, tol):
-    logits_c, state_c = _steps(fast, fast_model, TOKENS)
-    logits_t, state_t = _steps(twin, twin_model, TOKENS)
-    scale = logits_t.abs().max().item()
-    assert _dev(logits_c, logits_t) < tol * max(scale, 1.0)
-    for name, t in state_t.tensors().items():
-        assert _dev(getattr(state_c, name), t) < tol * max(t.abs().max().item(), 1.0), name
+simd = simd_fixture(v4_cpu)
 
 
 def _fp32_twin(path, model):
@@ -86,7 +53,7 @@ def _fp32_twin(path, model):
 def test_fp32_step_equals_torch_twin(ckpt_path, simd):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     assert m.layers[0].att_key.is_contiguous()  # row-major in the arena, as C reads it
-    _compare(_fast(m), m._forward_one_torch, m, m, SAME_TOL)
+    compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
     assert m._cpu_step is not None  # the C step did run
 
 
@@ -96,7 +63,7 @@ def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):
     m16 = load_model(ckpt_path, device="cpu", dtype="bf16")
     assert m16.layers[0].att_key.dtype == torch.bfloat16 and m16.emb.dtype == torch.bfloat16
     twin = _fp32_twin(ckpt_path, m16)
-    _compare(_fast(m16), twin._forward_one_torch, m16, twin, SAME_TOL)
+    compare(fast(m16), twin._forward_one_torch, m16, twin, TOKENS, SAME_TOL)
     assert m16._cpu_step is not None
 
 
@@ -104,7 +71,7 @@ def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
     m8 = load_model(ckpt_path, device="cpu", dtype="int8")
     assert m8.layers[0].ffn_key.q is not None  # the plain rows stay for C
     twin = _fp32_twin(ckpt_path, m8)
-    _compare(_fast(m8), twin._forward_one_torch, m8, twin, SAME_TOL)
+    compare(fast(m8), twin._forward_one_torch, m8, twin, TOKENS, SAME_TOL)
     assert m8._cpu_step is not None
 
 
@@ -115,7 +82,7 @@ def test_embedding_dtypes_of_an_fp32_model(tmp_path, emb_dtype):
                             **SHAPES["odd"])
     m = load_model(path, device="cpu", dtype="fp32")
     assert m.emb.dtype == emb_dtype
-    _compare(_fast(m), m._forward_one_torch, m, m, SAME_TOL)
+    compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
     assert m._cpu_step is not None
 
 
@@ -124,9 +91,9 @@ def test_thread_counts_give_identical_results(ckpt_path):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     results = []
     for n in (1, 2, 3):
-        step = v4_cpu.CpuStep.build(m, n_threads=n)
+        step = v4_cpu.build(m, n_threads=n)
         assert step.n_threads == n
-        results.append(_steps(step.step, m, TOKENS[:8]))
+        results.append(steps(step.step, m, TOKENS[:8]))
     for logits, state in results[1:]:
         assert torch.equal(logits, results[0][0])
         assert state.equal(results[0][1])
@@ -142,7 +109,7 @@ def test_fallbacks_to_torch(ckpt_path):
     with torch.inference_mode():
         a = m.forward([TOKENS[0]], odd)
         b = m.forward([TOKENS[0]], m.zero_state())
-    assert _dev(a, b) < SAME_TOL * max(b.abs().max().item(), 1.0)
+    assert dev(a, b) < SAME_TOL * max(b.abs().max().item(), 1.0)
     assert odd.att_num.abs().max() > 0  # the torch path advanced it in place
     # With gradients wanted, the torch path runs: its logits carry a graph; C's could not.
     w = m.layers[0].att_receptance.requires_grad_()
@@ -154,7 +121,7 @@ def test_fp16_weights_keep_torch(tmp_path):
     # fp16 weights are rescaled by layer with the residual halved: the C step does not take them.
     path = write_checkpoint(tmp_path / "m.pth", "4", seed=7, **SHAPES["odd"])
     fp16 = RWKV4(Checkpoint.open(path), torch.device("cpu"), "fp16")
-    assert v4_cpu.CpuStep.build(fp16) is None
+    assert v4_cpu.build(fp16) is None
     with torch.inference_mode():
         assert torch.isfinite(fp16.forward([TOKENS[0]], fp16.zero_state())).all()
 
@@ -163,7 +130,7 @@ def test_token_outside_vocabulary_is_one_error(ckpt_path):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     with pytest.raises(ValueError, match="out of range"):
         m.forward([m.config.vocab_size], m.zero_state())
-    step = v4_cpu.CpuStep.build(m)
+    step = v4_cpu.build(m)
     for token in (-1, m.config.vocab_size):
         with pytest.raises(IndexError, match="outside the vocabulary"):
             step.step(token, m.zero_state())

@@ -12,6 +12,7 @@ import torch
 from chatrwkv.models import load_model, v7_cpu
 from chatrwkv.models.arena import ALIGN, Arena
 from chatrwkv.synth import write_checkpoint
+from tests.cpu_step_helpers import compare, dev, fast, simd_fixture, steps
 
 pytestmark = pytest.mark.skipif(not v7_cpu.available(), reason="C extension not built")
 
@@ -29,46 +30,12 @@ def ckpt_path(request, tmp_path_factory):
     return write_checkpoint(d / f"{request.param}.pth", "7.0", seed=5, **SHAPES[request.param])
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "scalar"])
-def simd(request):
-    used = v7_cpu.use_simd(request.param)
-    if request.param and not used:
-        pytest.skip("this CPU has no AVX2")
-    yield used
-    v7_cpu.use_simd(True)
-
-
-def _steps(fn, model, tokens):
-    """Logits of every step and the final state, running `fn(token, state)` one by one."""
-    state = model.zero_state()
-    out = []
-    with torch.inference_mode():
-        for t in tokens:
-            out.append(fn(t, state).clone())
-    return torch.stack(out), state
-
-
-def _fast(model):
-    """The public one-token path, which runs the C step where it can."""
-    return lambda token, state: model.forward([token], state)
-
-
-def _dev(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-def _compare(fast, twin, fast_model, twin_model, tol):
-    logits_c, state_c = _steps(fast, fast_model, TOKENS)
-    logits_t, state_t = _steps(twin, twin_model, TOKENS)
-    scale = logits_t.abs().max().item()
-    assert _dev(logits_c, logits_t) < tol * max(scale, 1.0)
-    for name, t in state_t.tensors().items():
-        assert _dev(getattr(state_c, name), t) < tol * max(t.abs().max().item(), 1.0), name
+simd = simd_fixture(v7_cpu)
 
 
 def test_fp32_step_equals_torch_twin(ckpt_path, simd):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
-    _compare(_fast(m), m._forward_one_torch, m, m, SAME_TOL)
+    compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
     assert m._cpu_step is not None  # the C step did run
 
 
@@ -78,7 +45,7 @@ def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):
     m16 = load_model(ckpt_path, device="cpu", dtype="bf16")
     m32 = load_model(ckpt_path, device="cpu", dtype="fp32")
     assert m16.layers[0].R.dtype == torch.bfloat16
-    _compare(_fast(m16), m32._forward_one_torch, m16, m32, SAME_TOL)
+    compare(fast(m16), m32._forward_one_torch, m16, m32, TOKENS, SAME_TOL)
 
 
 def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
@@ -88,7 +55,7 @@ def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
     twin.layers = tuple(dataclasses.replace(p, **{n: getattr(q, n).dequantize() for n in big})
                         for p, q in zip(twin.layers, m8.layers))
     twin.head = m8.head.dequantize()
-    _compare(_fast(m8), twin._forward_one_torch, m8, twin, SAME_TOL)
+    compare(fast(m8), twin._forward_one_torch, m8, twin, TOKENS, SAME_TOL)
 
 
 def test_thread_counts_give_identical_results(ckpt_path):
@@ -96,9 +63,9 @@ def test_thread_counts_give_identical_results(ckpt_path):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     results = []
     for n in (1, 2, 3):
-        step = v7_cpu.CpuStep.build(m, n_threads=n)
+        step = v7_cpu.build(m, n_threads=n)
         assert step.n_threads == n
-        results.append(_steps(step.step, m, TOKENS[:8]))
+        results.append(steps(step.step, m, TOKENS[:8]))
     for logits, state in results[1:]:
         assert torch.equal(logits, results[0][0])
         assert torch.equal(state.wkv, results[0][1].wkv)
@@ -113,7 +80,7 @@ def test_fallbacks_to_torch(ckpt_path):
     with torch.inference_mode():
         a = m.forward([TOKENS[0]], odd)
         b = m.forward([TOKENS[0]], m.zero_state())
-    assert _dev(a, b) < SAME_TOL
+    assert dev(a, b) < SAME_TOL
     # With gradients wanted, the torch path runs: its logits carry a graph; C's could not.
     w = m.layers[0].R.requires_grad_()
     assert m.forward([TOKENS[0]], m.zero_state()).requires_grad

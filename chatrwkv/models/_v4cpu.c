@@ -13,6 +13,9 @@
 #include <Python.h>
 
 #include "_cpukern.h"
+#include "_cpubind.h"
+
+#define CAPSULE "chatrwkv.v4cpu"
 
 #define LN_EPS 1e-5f
 #define WKV_CHUNK 128  /* channels per WKV chunk: a few microseconds of expf each */
@@ -143,34 +146,20 @@ static void v4_step(V4Model *m, int token, float *att_x, float *att_num, float *
 
 /* ---- Python binding ----------------------------------------------------------------------- */
 
-/* (address, scale address, dtype, out, in), which must be [out, in] as given. */
+/* ck_parse_mat's description, which must also be [out, in] as given, at a real address. */
 static int parse_mat(PyObject *o, CkMat *m, int out, int in) {
-    memset(m, 0, sizeof *m);
-    unsigned long long w, scale;
-    if (!PyArg_ParseTuple(o, "KKiii", &w, &scale, &m->dtype, &m->out, &m->in)) return 0;
-    m->w = (const void *)(uintptr_t)w;
-    m->scale = (const float *)(uintptr_t)scale;
-    if (m->w == NULL || m->dtype < CK_F32 || m->dtype > CK_I8 || m->out != out ||
-        m->in != in || (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20)) {
+    if (!ck_parse_mat(o, m)) return 0;
+    if (m->w == NULL || m->out != out || m->in != in) {
         PyErr_SetString(PyExc_ValueError, "bad matrix description");
         return 0;
     }
     return 1;
 }
 
-static const float *addr(PyObject *seq, Py_ssize_t i) {
-    return (const float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seq, i));
-}
-
-static void model_free(V4Model *m) {
-    if (m->pool.n_threads > 0) ck_pool_stop(&m->pool);
-    free(m->layers);
-    free(m->buf);
-    free(m);
-}
+static void model_free(V4Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
 
 static void capsule_free(PyObject *cap) {
-    V4Model *m = (V4Model *)PyCapsule_GetPointer(cap, "chatrwkv.v4cpu");
+    V4Model *m = PyCapsule_GetPointer(cap, CAPSULE);
     if (m) model_free(m);
 }
 
@@ -214,7 +203,7 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
         const float **vecs[N_VECS] = {&l->ln1_w, &l->ln1_b, &l->mix_k, &l->mix_v, &l->mix_r,
                                       &l->decay, &l->first, &l->ln2_w, &l->ln2_b, &l->fmix_k,
                                       &l->fmix_r};
-        for (int j = 0; j < N_VECS; j++) *vecs[j] = addr(t, j);
+        for (int j = 0; j < N_VECS; j++) *vecs[j] = ck_addr(t, j);
         if (PyErr_Occurred()) goto fail;
         CkMat *mats[N_MATS] = {&l->K, &l->V, &l->R, &l->O, &l->fK, &l->fR, &l->fV};
         const int outs[N_MATS] = {C, C, C, C, F, C, C}, ins[N_MATS] = {C, C, C, C, C, C, F};
@@ -230,33 +219,21 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
     for (size_t j = 0; j < sizeof slots / sizeof *slots; j++, q += C) *slots[j] = q;
     m->hk = q;
     ck_pool_start(&m->pool, n_threads);
-    PyObject *cap = PyCapsule_New(m, "chatrwkv.v4cpu", capsule_free);
+    PyObject *cap = PyCapsule_New(m, CAPSULE, capsule_free);
     if (!cap) model_free(m);
     return cap;
 fail:
-    free(m->layers);
-    free(m->buf);
-    free(m);
+    model_free(m);  /* the pool has not started */
     return NULL;
 }
 
 /* step(model, token, att_x, att_num, att_den, att_max, ffn_x, logits): addresses of contiguous
  * fp32 tensors, the five state fields [L, C] and the logits [V]. */
 static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "step takes 8 arguments");
-        return NULL;
-    }
-    V4Model *m = (V4Model *)PyCapsule_GetPointer(args[0], "chatrwkv.v4cpu");
-    if (!m) return NULL;
-    long token = PyLong_AsLong(args[1]);
+    long token;
     void *ptr[6];
-    for (int i = 0; i < 6; i++) ptr[i] = PyLong_AsVoidPtr(args[2 + i]);
-    if (PyErr_Occurred()) return NULL;
-    if (token < 0 || token >= m->V) {
-        PyErr_Format(PyExc_IndexError, "token %ld is outside the vocabulary (%d)", token, m->V);
-        return NULL;
-    }
+    V4Model *m = ck_step_args(args, nargs, CAPSULE, 6, &token, ptr);
+    if (!m || !ck_token_ok(token, m->V)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     v4_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3], ptr[4], ptr[5]);
     Py_END_ALLOW_THREADS
@@ -264,28 +241,11 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 static PyObject *py_threads(PyObject *self, PyObject *args) {
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    V4Model *m = (V4Model *)PyCapsule_GetPointer(cap, "chatrwkv.v4cpu");
+    V4Model *m = ck_arg_model(args, CAPSULE);
     return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
 }
 
-static PyObject *py_set_simd(PyObject *self, PyObject *args) {
-    int on;
-    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
-    ck_init();
-    if (!on) ck_use_avx2 = 0;
-    return PyBool_FromLong(ck_use_avx2);
-}
-
-static PyMethodDef methods[] = {
-    {"new_model", py_new_model, METH_VARARGS, "Build a model from weight addresses."},
-    {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "Run one token."},
-    {"threads", py_threads, METH_VARARGS, "Threads the model's pool runs."},
-    {"set_simd", py_set_simd, METH_VARARGS,
-     "Use AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs."},
-    {NULL, NULL, 0, NULL},
-};
+static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads);
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v4cpu",
                                     "RWKV v4 one-token step on the CPU.", -1, methods};

@@ -12,6 +12,9 @@
 #include <Python.h>
 
 #include "_cpukern.h"
+#include "_cpubind.h"
+
+#define CAPSULE "chatrwkv.v7cpu"
 
 #define DECAY_SCALE 0.6065306597126334f  /* exp(-0.5), as v7.py */
 #define LN_EPS 1e-5f
@@ -200,35 +203,17 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
 
 /* ---- Python binding ----------------------------------------------------------------------- */
 
+/* None (an absent LoRA), or ck_parse_mat's (address, scale address, dtype, out, in). */
 static int parse_mat(PyObject *o, CkMat *m) {
-    /* None (an absent LoRA), or (address, scale address, dtype, out, in) */
+    if (o != Py_None) return ck_parse_mat(o, m);
     memset(m, 0, sizeof *m);
-    if (o == Py_None) return 1;
-    unsigned long long w, scale;
-    if (!PyArg_ParseTuple(o, "KKiii", &w, &scale, &m->dtype, &m->out, &m->in)) return 0;
-    m->w = (const void *)(uintptr_t)w;
-    m->scale = (const float *)(uintptr_t)scale;
-    if (m->dtype < CK_F32 || m->dtype > CK_I8 || m->out < 1 || m->in < 1 ||
-        (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "bad matrix description");
-        return 0;
-    }
     return 1;
 }
 
-static const float *addr(PyObject *seq, Py_ssize_t i) {
-    return (const float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seq, i));
-}
-
-static void model_free(V7Model *m) {
-    if (m->pool.n_threads > 0) ck_pool_stop(&m->pool);
-    free(m->layers);
-    free(m->buf);
-    free(m);
-}
+static void model_free(V7Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
 
 static void capsule_free(PyObject *cap) {
-    V7Model *m = (V7Model *)PyCapsule_GetPointer(cap, "chatrwkv.v7cpu");
+    V7Model *m = PyCapsule_GetPointer(cap, CAPSULE);
     if (m) model_free(m);
 }
 
@@ -274,7 +259,7 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
         const float **vecs[N_VECS] = {&l->ln1_w, &l->ln1_b, &l->maa, &l->w0, &l->a0, &l->v0,
                                       &l->k_k, &l->k_a, &l->r_k, &l->ln_x_w, &l->ln_x_b,
                                       &l->ln2_w, &l->ln2_b, &l->ffn_x_k};
-        for (int j = 0; j < N_VECS; j++) *vecs[j] = addr(t, j);
+        for (int j = 0; j < N_VECS; j++) *vecs[j] = ck_addr(t, j);
         CkMat *mats[N_MATS] = {&l->R, &l->K, &l->V, &l->O, &l->fK, &l->fV, &l->w1, &l->w2,
                                &l->a1, &l->a2, &l->v1, &l->v2, &l->g1, &l->g2};
         for (int j = 0; j < N_MATS; j++)
@@ -298,32 +283,20 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
     q += (size_t)6 * C;
     m->hk = q;
     ck_pool_start(&m->pool, n_threads);
-    PyObject *cap = PyCapsule_New(m, "chatrwkv.v7cpu", capsule_free);
+    PyObject *cap = PyCapsule_New(m, CAPSULE, capsule_free);
     if (!cap) model_free(m);
     return cap;
 fail:
-    free(m->layers);
-    free(m->buf);
-    free(m);
+    model_free(m);  /* the pool has not started */
     return NULL;
 }
 
 /* step(model, token, att_x, wkv, ffn_x, logits): addresses of contiguous fp32 tensors. */
 static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "step takes 6 arguments");
-        return NULL;
-    }
-    V7Model *m = (V7Model *)PyCapsule_GetPointer(args[0], "chatrwkv.v7cpu");
-    if (!m) return NULL;
-    long token = PyLong_AsLong(args[1]);
+    long token;
     void *ptr[4];
-    for (int i = 0; i < 4; i++) ptr[i] = PyLong_AsVoidPtr(args[2 + i]);
-    if (PyErr_Occurred()) return NULL;
-    if (token < 0 || token >= m->V) {
-        PyErr_Format(PyExc_IndexError, "token %ld is outside the vocabulary (%d)", token, m->V);
-        return NULL;
-    }
+    V7Model *m = ck_step_args(args, nargs, CAPSULE, 4, &token, ptr);
+    if (!m || !ck_token_ok(token, m->V)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     v7_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3]);
     Py_END_ALLOW_THREADS
@@ -331,28 +304,11 @@ static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 static PyObject *py_threads(PyObject *self, PyObject *args) {
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    V7Model *m = (V7Model *)PyCapsule_GetPointer(cap, "chatrwkv.v7cpu");
+    V7Model *m = ck_arg_model(args, CAPSULE);
     return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
 }
 
-static PyObject *py_set_simd(PyObject *self, PyObject *args) {
-    int on;
-    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
-    ck_init();
-    if (!on) ck_use_avx2 = 0;
-    return PyBool_FromLong(ck_use_avx2);
-}
-
-static PyMethodDef methods[] = {
-    {"new_model", py_new_model, METH_VARARGS, "Build a model from weight addresses."},
-    {"step", (PyCFunction)(void (*)(void))py_step, METH_FASTCALL, "Run one token."},
-    {"threads", py_threads, METH_VARARGS, "Threads the model's pool runs."},
-    {"set_simd", py_set_simd, METH_VARARGS,
-     "Use AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs."},
-    {NULL, NULL, 0, NULL},
-};
+static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads);
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
                                     "RWKV v7 one-token step on the CPU.", -1, methods};

@@ -26,6 +26,7 @@ from ..errors import CheckpointError
 from ..state import State
 from . import v4_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
 
@@ -190,7 +191,7 @@ class RWKV4(RWKVModel):
             return t.squeeze().to(self.device, dtype or self.act_dtype, copy=True)
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
-        arena = v4_cpu.weight_arena(self.config, dtype, self.dtype, device)
+        arena = v4_cpu.arena(self.config, dtype, self.dtype, device)
 
         def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
             t = ckpt.expect_shape(key, shape)
@@ -249,7 +250,7 @@ class RWKV4(RWKVModel):
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = mat("head.weight", (V, C))
         ckpt.check_consumed()
-        self._cpu_step: v4_cpu.CpuStep | None = None  # built at the first one-token step
+        self._cpu_step: CpuStep | None = None  # built at the first one-token step
         self._cpu_step_tried = False
 
     def zero_state(self) -> V4State:
@@ -289,7 +290,7 @@ class RWKV4(RWKVModel):
         if not (torch.is_grad_enabled() and self._wants_grad()):
             if not self._cpu_step_tried:
                 self._cpu_step_tried = True
-                self._cpu_step = v4_cpu.CpuStep.build(self)
+                self._cpu_step = v4_cpu.build(self)
             if self._cpu_step is not None and self._cpu_step.accepts(state):
                 return self._cpu_step.step(token, state)
         return self._forward_one_torch(token, state)

@@ -1,6 +1,6 @@
 """The C one-token step of RWKV v4 (`_v4cpu.c`), wired to a loaded `RWKV4`.
 
-`CpuStep.build(model)` describes the model's prepared weights to the C side by address (no copy)
+`build(model)` describes the model's prepared weights to the C side by address (no copy)
 and returns None when the C part cannot run them: extension not built, not on the CPU, not fp32
 activations, fp16 weights (their residual rescale), or a weight layout it does not know. The
 object holds the weights it points into, so they live as long as it does. `step(token, state)`
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from .arena import Arena
-from .v7_cpu import CK_DTYPES, _fp32, _mat, _Unsupported
+from .cpu_step import CK_DTYPES, CpuStep, Unsupported, fp32_address, matrix, weight_arena
 
 if TYPE_CHECKING:
     from .base import ModelConfig
-    from .v4 import RWKV4, V4State
+    from .v4 import RWKV4
 
 try:
     from . import _v4cpu
@@ -28,7 +28,7 @@ except ImportError:  # built without a C compiler: the torch path runs
     _v4cpu = None
 
 EMB_DTYPES = {**CK_DTYPES, torch.float16: 3}  # an fp32 model keeps a 16-bit file's embedding
-STATE_FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")
+STATE_FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # the order `step` takes
 
 
 def available() -> bool:
@@ -40,69 +40,35 @@ def use_simd(on: bool) -> bool:
     return bool(_v4cpu.set_simd(on)) if _v4cpu is not None else False
 
 
-def weight_arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype,
-                 device: torch.device) -> Arena | None:
-    """Huge-page memory for the big matrices that the C one-token step streams (arena.py)."""
-    if device.type != "cpu" or _v4cpu is None or dtype not in ("fp32", "bf16", "int8"):
-        return None
+def arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype,
+          device: torch.device) -> Arena | None:
     C, F_ = cfg.n_embd, cfg.ffn_dim
-    shapes = [(C, C)] * 5 + [(F_, C), (C, F_)]
-    item = torch.int8 if dtype == "int8" else weight_dtype
-    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in shapes)
-    return Arena(total + Arena.nbytes((cfg.vocab_size, C), item))
+    return weight_arena(cfg, dtype, weight_dtype, device, [(C, C)] * 5 + [(F_, C), (C, F_)],
+                        available())
 
 
-class CpuStep:
-    def __init__(self, model: RWKV4, handle: object):
-        # The C side points into these tensors: hold them (not the model: no cycle).
-        self._weights = (model.layers, model.emb, model.ln_out_w, model.ln_out_b, model.head)
-        c = model.config
-        self.vocab_size = c.vocab_size
-        self.shape = (c.n_layer, c.n_embd)
-        self.handle = handle
-
-    @classmethod
-    def build(cls, model: RWKV4, n_threads: int | None = None) -> CpuStep | None:
-        if _v4cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32 \
-                or model.rescale_layer:
-            return None
-        c = model.config
-        try:
-            layers = []
-            for w in model.layers:
-                vecs = (w.ln1_w, w.ln1_b, w.att_mix_k, w.att_mix_v, w.att_mix_r, w.time_decay,
-                        w.time_first, w.ln2_w, w.ln2_b, w.ffn_mix_k, w.ffn_mix_r)
-                mats = (w.att_key, w.att_value, w.att_receptance, w.att_output, w.ffn_key,
-                        w.ffn_receptance, w.ffn_value)
-                layers.append(tuple(_fp32(v) for v in vecs) + tuple(_mat(m) for m in mats))
-            emb = model.emb
-            if emb.dtype not in EMB_DTYPES or not emb.is_contiguous() or emb.device.type != "cpu":
-                raise _Unsupported
-            handle = _v4cpu.new_model(
-                (c.n_layer, c.n_embd, c.ffn_dim, c.vocab_size), emb.data_ptr(),
-                EMB_DTYPES[emb.dtype], _fp32(model.ln_out_w), _fp32(model.ln_out_b),
-                _mat(model.head), layers, n_threads or torch.get_num_threads())
-        except _Unsupported:
-            return None
-        return cls(model, handle)
-
-    @property
-    def n_threads(self) -> int:
-        return _v4cpu.threads(self.handle)
-
-    def accepts(self, state: V4State) -> bool:
-        """Whether `state` is what the C side writes into: contiguous fp32 CPU, right shapes."""
-        for name in STATE_FIELDS:
-            t = getattr(state, name)
-            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() \
-                    or tuple(t.shape) != self.shape or t.requires_grad:
-                return False
-        return True
-
-    def step(self, token: int, state: V4State) -> torch.Tensor:
-        if not self.accepts(state):
-            raise ValueError("the C step needs a contiguous fp32 CPU state of the model's shape")
-        logits = torch.empty(self.vocab_size)
-        _v4cpu.step(self.handle, token, *(getattr(state, f).data_ptr() for f in STATE_FIELDS),
-                    logits.data_ptr())
-        return logits
+def build(model: RWKV4, n_threads: int | None = None) -> CpuStep | None:
+    if _v4cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32 \
+            or model.rescale_layer:
+        return None
+    c = model.config
+    try:
+        layers = []
+        for w in model.layers:
+            vecs = (w.ln1_w, w.ln1_b, w.att_mix_k, w.att_mix_v, w.att_mix_r, w.time_decay,
+                    w.time_first, w.ln2_w, w.ln2_b, w.ffn_mix_k, w.ffn_mix_r)
+            mats = (w.att_key, w.att_value, w.att_receptance, w.att_output, w.ffn_key,
+                    w.ffn_receptance, w.ffn_value)
+            layers.append(tuple(fp32_address(v) for v in vecs) + tuple(matrix(m) for m in mats))
+        emb = model.emb
+        if emb.dtype not in EMB_DTYPES or not emb.is_contiguous() or emb.device.type != "cpu":
+            raise Unsupported
+        handle = _v4cpu.new_model(
+            (c.n_layer, c.n_embd, c.ffn_dim, c.vocab_size), emb.data_ptr(),
+            EMB_DTYPES[emb.dtype], fp32_address(model.ln_out_w), fp32_address(model.ln_out_b),
+            matrix(model.head), layers, n_threads or torch.get_num_threads())
+    except Unsupported:
+        return None
+    weights = (model.layers, model.emb, model.ln_out_w, model.ln_out_b, model.head)
+    shapes = {name: (c.n_layer, c.n_embd) for name in STATE_FIELDS}
+    return CpuStep(_v4cpu, handle, weights, c.vocab_size, shapes)

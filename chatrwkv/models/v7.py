@@ -24,8 +24,8 @@ from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
 from . import v7_cpu
-from .arena import Arena
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
 
@@ -209,7 +209,7 @@ class RWKV7(RWKVModel):
             return t.to(device=device, dtype=self.act_dtype).contiguous()
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
-        arena = _weight_arena(cfg, dtype, self.dtype, device)
+        arena = v7_cpu.arena(cfg, dtype, self.dtype, device)
 
         def big(key: str, shape: tuple[int, ...]) -> Matrix:  # [out, in], as stored
             t = ckpt.expect_shape(key, shape)
@@ -264,7 +264,7 @@ class RWKV7(RWKVModel):
         self.head = big("head.weight", (cfg.vocab_size, C))
         # Newer official files carry a layer-0 value LoRA that the model never uses.
         ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
-        self._cpu_step: v7_cpu.CpuStep | None = None  # built at the first one-token step
+        self._cpu_step: CpuStep | None = None  # built at the first one-token step
         self._cpu_step_tried = False
 
     def zero_state(self) -> WKVState:
@@ -375,7 +375,7 @@ class RWKV7(RWKVModel):
         if not (torch.is_grad_enabled() and self._wants_grad()):
             if not self._cpu_step_tried:
                 self._cpu_step_tried = True
-                self._cpu_step = v7_cpu.CpuStep.build(self)
+                self._cpu_step = v7_cpu.build(self)
             if self._cpu_step is not None and self._cpu_step.accepts(state):
                 return self._cpu_step.step(token, state)
         return self._forward_one_torch(token, state)
@@ -449,18 +449,6 @@ def _head_mm(x: torch.Tensor, head: Matrix) -> torch.Tensor:
         return _mm(x, head)
     # Many rows through a 16-bit head: a 16-bit GEMM, not an fp32 copy of the [V, C] head.
     return F.linear(x.to(head.dtype), head).to(x.dtype)
-
-
-def _weight_arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
-                  device: torch.device) -> Arena | None:
-    """Huge-page memory for the big matrices that the C one-token step streams (arena.py)."""
-    if device.type != "cpu" or not v7_cpu.available() or dtype not in ("fp32", "bf16", "int8"):
-        return None
-    C, F_ = cfg.n_embd, cfg.ffn_dim
-    shapes = [(C, C)] * 4 + [(F_, C), (C, F_)]
-    item = torch.int8 if dtype == "int8" else weight_dtype
-    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in shapes)
-    return Arena(total + Arena.nbytes((cfg.vocab_size, C), item))
 
 
 def _embedding(emb: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,89 @@
+/* Python-binding helpers shared by _v4cpu.c and _v7cpu.c (include after Python.h and
+ * _cpukern.h). The two modules expose the same shape of API (new_model / step / threads /
+ * set_simd) over a capsule that owns a model with a pool, layers and one scratch buffer; the
+ * argument parsing, weight-address and matrix-description checks, teardown and the set_simd
+ * switch were identical, so they live here once and each module keeps only what is its own
+ * (model layout, shape checks, the step itself). Error messages match the modules' documented
+ * behaviour; everything here is `static`, one copy per extension.
+ */
+#ifndef CHATRWKV_CPUBIND_H
+#define CHATRWKV_CPUBIND_H
+
+/* (address, scale address, dtype, out, in): a sane dtype, positive shape, int8 with scales. */
+static int ck_parse_mat(PyObject *o, CkMat *m) {
+    memset(m, 0, sizeof *m);
+    unsigned long long w, scale;
+    if (!PyArg_ParseTuple(o, "KKiii", &w, &scale, &m->dtype, &m->out, &m->in)) return 0;
+    m->w = (const void *)(uintptr_t)w;
+    m->scale = (const float *)(uintptr_t)scale;
+    if (m->dtype < CK_F32 || m->dtype > CK_I8 || m->out < 1 || m->in < 1 ||
+        (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "bad matrix description");
+        return 0;
+    }
+    return 1;
+}
+
+/* The fp32 vector whose address is item i of a tuple (sets an error on a bad item). */
+static const float *ck_addr(PyObject *tuple, Py_ssize_t i) {
+    return (const float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tuple, i));
+}
+
+/* Stops the pool if it runs and frees a model's layers, scratch and the model itself. */
+static void ck_free_model(CkPool *pool, void *layers, void *buf, void *model) {
+    if (pool->n_threads > 0) ck_pool_stop(pool);
+    free(layers);
+    free(buf);
+    free(model);
+}
+
+/* (model) as METH_VARARGS: the capsule's model, or NULL with an error set. */
+static void *ck_arg_model(PyObject *args, const char *capsule) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    return PyCapsule_GetPointer(cap, capsule);
+}
+
+/* step(model, token, n_ptrs addresses...) as METH_FASTCALL: the model, the token and the
+ * addresses, or NULL with an error set. The token is checked against the vocabulary with
+ * ck_token_ok once the caller has the model. */
+static void *ck_step_args(PyObject *const *args, Py_ssize_t nargs, const char *capsule,
+                          int n_ptrs, long *token, void **ptr) {
+    if (nargs != 2 + n_ptrs) {
+        PyErr_Format(PyExc_TypeError, "step takes %d arguments", 2 + n_ptrs);
+        return NULL;
+    }
+    void *m = PyCapsule_GetPointer(args[0], capsule);
+    if (!m) return NULL;
+    *token = PyLong_AsLong(args[1]);
+    for (int i = 0; i < n_ptrs; i++) ptr[i] = PyLong_AsVoidPtr(args[2 + i]);
+    return PyErr_Occurred() ? NULL : m;
+}
+
+static int ck_token_ok(long token, int V) {
+    if (token >= 0 && token < V) return 1;
+    PyErr_Format(PyExc_IndexError, "token %ld is outside the vocabulary (%d)", token, V);
+    return 0;
+}
+
+/* set_simd(on): AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs. */
+static PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    ck_init();
+    if (!on) ck_use_avx2 = 0;
+    return PyBool_FromLong(ck_use_avx2);
+}
+
+/* The method table both modules export: new_model, step (fastcall), threads, set_simd. */
+#define CK_METHODS(new_model, step, threads)                                                   \
+    {                                                                                          \
+        {"new_model", new_model, METH_VARARGS, "Build a model from weight addresses."},        \
+        {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "Run one token."},          \
+        {"threads", threads, METH_VARARGS, "Threads the model's pool runs."},                  \
+        {"set_simd", ck_py_set_simd, METH_VARARGS,                                             \
+         "Use AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs."}, \
+        {NULL, NULL, 0, NULL},                                                                 \
+    }
+
+#endif

@@ -1,0 +1,94 @@
+"""What the C one-token steps (`_v4cpu.c`, `_v7cpu.c`) share on the Python side.
+
+A version's glue (`v4_cpu.py`, `v7_cpu.py`) describes its prepared weights to its extension by
+address (`fp32_address`, `matrix`: no copy) and subclasses `CpuStep`, which keeps the described
+tensors alive, checks states before the C side writes into them, and runs one token.
+`weight_arena` sizes the huge-page memory (arena.py) that the big matrices are loaded into.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .arena import Arena
+from .base import ModelConfig
+from .quant import Int8Linear
+
+CK_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # _cpukern.h's CK_F32, CK_BF16
+CK_INT8 = 2
+
+
+class Unsupported(Exception):
+    """A weight the C step cannot read: the model keeps the torch path."""
+
+
+def fp32_address(t: torch.Tensor | None) -> int:
+    """The address of a contiguous fp32 CPU tensor (0 for an absent one)."""
+    if t is None:
+        return 0
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+        raise Unsupported
+    return t.data_ptr()
+
+
+def matrix(w: torch.Tensor | Int8Linear | None) -> tuple[int, int, int, int, int] | None:
+    """(address, scale address, dtype code, out, in) of a [out, in] weight, or None."""
+    if w is None:
+        return None
+    if isinstance(w, Int8Linear):
+        q = w.q
+        if q is None or not q.is_contiguous():
+            raise Unsupported
+        return (q.data_ptr(), fp32_address(w.scale), CK_INT8, *w.shape)
+    if w.dim() != 2 or w.dtype not in CK_DTYPES or not w.is_contiguous() or \
+            w.device.type != "cpu":
+        raise Unsupported
+    return (w.data_ptr(), 0, CK_DTYPES[w.dtype], w.shape[0], w.shape[1])
+
+
+def weight_arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype, device: torch.device,
+                 layer_shapes: list[tuple[int, int]], available: bool) -> Arena | None:
+    """Huge-page memory for every layer's `layer_shapes` and the head, when the C step will
+    stream them (CPU, extension built, fp32/bf16/int8)."""
+    if device.type != "cpu" or not available or dtype not in ("fp32", "bf16", "int8"):
+        return None
+    item = torch.int8 if dtype == "int8" else weight_dtype
+    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in layer_shapes)
+    return Arena(total + Arena.nbytes((cfg.vocab_size, cfg.n_embd), item))
+
+
+class CpuStep:
+    """One model's C step: `step(token, state)` advances the state in place, returns logits."""
+
+    def __init__(self, module: ModuleType, handle: Any, weights: tuple[Any, ...],
+                 vocab_size: int, state_shapes: dict[str, tuple[int, ...]]):
+        self._module = module
+        self.handle = handle
+        self._weights = weights  # the C side points into these: hold them (not the model)
+        self.vocab_size = vocab_size
+        self.state_shapes = state_shapes
+
+    @property
+    def n_threads(self) -> int:
+        return self._module.threads(self.handle)
+
+    def accepts(self, state: Any) -> bool:
+        """Whether `state` is what the C side writes into: contiguous fp32 CPU, right shapes."""
+        for name, shape in self.state_shapes.items():
+            t = getattr(state, name)
+            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() \
+                    or tuple(t.shape) != shape or t.requires_grad:
+                return False
+        return True
+
+    def step(self, token: int, state: Any) -> torch.Tensor:
+        if not self.accepts(state):
+            raise ValueError("the C step needs a contiguous fp32 CPU state of the model's shape")
+        logits = torch.empty(self.vocab_size)
+        self._module.step(self.handle, token,
+                          *(getattr(state, name).data_ptr() for name in self.state_shapes),
+                          logits.data_ptr())
+        return logits
