@@ -54,7 +54,7 @@ def test_fp32_step_equals_torch_twin(ckpt_path, simd):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     assert m.layers[0].att_key.is_contiguous()  # row-major in the arena, as C reads it
     compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
-    assert m._cpu_step is not None  # the C step did run
+    assert m._c_step is not None  # the C step did run
 
 
 def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):
@@ -64,7 +64,7 @@ def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):
     assert m16.layers[0].att_key.dtype == torch.bfloat16 and m16.emb.dtype == torch.bfloat16
     twin = _fp32_twin(ckpt_path, m16)
     compare(fast(m16), twin._forward_one_torch, m16, twin, TOKENS, SAME_TOL)
-    assert m16._cpu_step is not None
+    assert m16._c_step is not None
 
 
 def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
@@ -72,7 +72,7 @@ def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
     assert m8.layers[0].ffn_key.q is not None  # the plain rows stay for C
     twin = _fp32_twin(ckpt_path, m8)
     compare(fast(m8), twin._forward_one_torch, m8, twin, TOKENS, SAME_TOL)
-    assert m8._cpu_step is not None
+    assert m8._c_step is not None
 
 
 @pytest.mark.parametrize("emb_dtype", [torch.float32, torch.float16])
@@ -83,7 +83,7 @@ def test_embedding_dtypes_of_an_fp32_model(tmp_path, emb_dtype):
     m = load_model(path, device="cpu", dtype="fp32")
     assert m.emb.dtype == emb_dtype
     compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
-    assert m._cpu_step is not None
+    assert m._c_step is not None
 
 
 def test_thread_counts_give_identical_results(ckpt_path):
@@ -105,7 +105,7 @@ def test_fallbacks_to_torch(ckpt_path):
     state = m.zero_state()
     odd = dataclasses.replace(state, att_num=state.att_num.t().contiguous().t())
     assert not odd.att_num.is_contiguous()
-    assert m._cpu_step is None or not m._cpu_step.accepts(odd)
+    assert m._c_step is None or not m._c_step.accepts(odd)
     with torch.inference_mode():
         a = m.forward([TOKENS[0]], odd)
         b = m.forward([TOKENS[0]], m.zero_state())

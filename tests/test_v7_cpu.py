@@ -36,7 +36,7 @@ simd = simd_fixture(v7_cpu)
 def test_fp32_step_equals_torch_twin(ckpt_path, simd):
     m = load_model(ckpt_path, device="cpu", dtype="fp32")
     compare(fast(m), m._forward_one_torch, m, m, TOKENS, SAME_TOL)
-    assert m._cpu_step is not None  # the C step did run
+    assert m._c_step is not None  # the C step did run
 
 
 def test_bf16_step_equals_fp32_twin_on_the_same_values(ckpt_path, simd):

@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import ChatRWKVError
 from ..state import State
+
+if TYPE_CHECKING:
+    from .cpu_step import CpuStep
 
 # "int8": the big matrices become int8 with per-channel scales (models/quant.py, CPU only);
 # the other weights, and the dtype that `self.dtype` reports, stay fp32.
@@ -92,6 +95,8 @@ class RWKVModel(ABC):
         self.dtype = DTYPES[dtype]
         self.chunk_len = chunk_len
         self.fingerprint = ckpt.fingerprint()
+        self._c_step: CpuStep | None = None  # built at the first one-token step
+        self._c_step_built = False
 
     @classmethod
     @abstractmethod
@@ -105,6 +110,26 @@ class RWKVModel(ABC):
     @abstractmethod
     def forward(self, tokens: Sequence[int], state: State, full_output: bool = False) -> torch.Tensor:
         """Run `tokens` (at least one), advancing `state` in place; return fp32 logits."""
+
+    def _c_step_for(self, state: State) -> CpuStep | None:
+        """The C one-token step if it can run on `state` now, else None (torch runs): built at
+        the first one-token step; skipped while autograd wants gradients of the weights."""
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in self._weight_tensors()):
+            return None
+        if not self._c_step_built:
+            self._c_step_built = True
+            self._c_step = self._build_c_step()
+        step = self._c_step
+        return step if step is not None and step.accepts(state) else None
+
+    def _build_c_step(self) -> CpuStep | None:
+        """Versions with a C one-token step build it here (None: it cannot run this model)."""
+        return None
+
+    def _weight_tensors(self) -> list[object]:
+        """Every prepared weight (for the gradient check of `_c_step_for`)."""
+        return []
 
     def identity(self) -> dict[str, str]:
         """What a state file must match to be loaded into this model."""

@@ -250,8 +250,6 @@ class RWKV4(RWKVModel):
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = mat("head.weight", (V, C))
         ckpt.check_consumed()
-        self._cpu_step: CpuStep | None = None  # built at the first one-token step
-        self._cpu_step_tried = False
 
     def zero_state(self) -> V4State:
         L, C = self.config.n_layer, self.config.n_embd
@@ -287,19 +285,17 @@ class RWKV4(RWKVModel):
 
     def _step(self, token: int, state: V4State) -> torch.Tensor:
         """One token to logits: in C where it can run (CPU, no gradients wanted), else torch."""
-        if not (torch.is_grad_enabled() and self._wants_grad()):
-            if not self._cpu_step_tried:
-                self._cpu_step_tried = True
-                self._cpu_step = v4_cpu.build(self)
-            if self._cpu_step is not None and self._cpu_step.accepts(state):
-                return self._cpu_step.step(token, state)
-        return self._forward_one_torch(token, state)
+        step = self._c_step_for(state)
+        return self._forward_one_torch(token, state) if step is None else step.step(token, state)
 
-    def _wants_grad(self) -> bool:
+    def _build_c_step(self) -> CpuStep | None:
+        return v4_cpu.build(self)
+
+    def _weight_tensors(self) -> list[object]:
         tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
         for w in self.layers:
             tensors.extend(w)
-        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+        return tensors
 
     def _forward_one_torch(self, token: int, state: V4State) -> torch.Tensor:
         """The torch twin of the C step: one token to logits."""

@@ -264,8 +264,6 @@ class RWKV7(RWKVModel):
         self.head = big("head.weight", (cfg.vocab_size, C))
         # Newer official files carry a layer-0 value LoRA that the model never uses.
         ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
-        self._cpu_step: CpuStep | None = None  # built at the first one-token step
-        self._cpu_step_tried = False
 
     def zero_state(self) -> WKVState:
         c = self.config
@@ -372,19 +370,17 @@ class RWKV7(RWKVModel):
 
     def _forward_one(self, token: int, state: WKVState) -> torch.Tensor:
         """One token: in C where it can run (CPU, no gradients wanted), else in torch."""
-        if not (torch.is_grad_enabled() and self._wants_grad()):
-            if not self._cpu_step_tried:
-                self._cpu_step_tried = True
-                self._cpu_step = v7_cpu.build(self)
-            if self._cpu_step is not None and self._cpu_step.accepts(state):
-                return self._cpu_step.step(token, state)
-        return self._forward_one_torch(token, state)
+        step = self._c_step_for(state)
+        return self._forward_one_torch(token, state) if step is None else step.step(token, state)
 
-    def _wants_grad(self) -> bool:
+    def _build_c_step(self) -> CpuStep | None:
+        return v7_cpu.build(self)
+
+    def _weight_tensors(self) -> list[object]:
         tensors = [self.emb, self.ln0_w, self.ln0_b, self.ln_out_w, self.ln_out_b, self.head]
         for p in self.layers:
             tensors.extend(getattr(p, f.name) for f in dataclasses.fields(p))
-        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+        return tensors
 
     def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         act = self.act_dtype
