@@ -142,6 +142,8 @@ class Checkpoint:
             h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
         for key in ("emb.weight", "head.weight"):
             if key in self.tensors:
-                sample = self.tensors[key].detach().flatten()[:4096].float().contiguous()
-                h.update(sample.numpy().tobytes())
+                # .clone() gives the sample its own storage, so these are exactly its bytes
+                # (native order, as numpy's tobytes() gave); torch alone, numpy is optional.
+                sample = self.tensors[key].detach().flatten()[:4096].float().clone()
+                h.update(bytes(sample.untyped_storage()))
         return h.hexdigest()[:16]

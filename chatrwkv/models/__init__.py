@@ -36,5 +36,16 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
     try:
         return cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len)
     except (RuntimeError, OSError) as e:
-        # A damaged tensor in an mmap-ed file surfaces only when it is read.
-        raise CheckpointError(f"{ckpt.path}: damaged checkpoint ({first_line(e, 160)})") from None
+        # A damaged tensor in an mmap-ed file surfaces only when it is read; anything else
+        # (a missing optional library, say) is not the file's fault and is not called damage.
+        what = "damaged checkpoint" if _is_read_error(e) else "cannot load the model"
+        raise CheckpointError(f"{ckpt.path}: {what} ({first_line(e, 160)})") from None
+
+
+def _is_read_error(e: BaseException) -> bool:
+    """True for the errors torch and safetensors raise on bytes they cannot read."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e)
+    return any(s in text for s in ("PytorchStreamReader", "storage", "unpickl", "zip archive",
+                                   "invalid load key", "SafetensorError", "deserializ"))
