@@ -1,4 +1,4 @@
-"""A fresh install has only the declared dependencies: the package must not need numpy, and
+"""A fresh install has only the declared dependencies: loading a model must not need numpy, and
 README's two commands are the ones CI runs (`.ci/run` reads them from README, so they cannot drift)."""
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ def test_demo_model_loads_and_fingerprints_without_numpy():
     assert len(out.stdout.strip()) == 16
 
 
-def test_package_declares_no_numpy_and_tests_do():
+def test_numpy_is_declared_for_safetensors_save():
+    # safetensors.torch.save (session files, state files) imports numpy but does not declare it:
+    # a fresh venv crashed at the exit autosave until numpy was a dependency of ours.
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert not any(d.startswith("numpy") for d in meta["dependencies"])
-    assert any(d.startswith("numpy") for d in meta["optional-dependencies"]["test"])
+    assert any(d.startswith("numpy") for d in meta["dependencies"])
 
 
 def readme_commands() -> list[str]:
