@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
@@ -11,6 +13,7 @@ from .v4 import RWKV4
 from .v5 import RWKV5
 from .v6 import RWKV6
 from .v7 import RWKV7
+from .weightcache import open_cache
 
 MODEL_CLASSES: tuple[type[RWKVModel], ...] = (RWKV7, RWKV6, RWKV5, RWKV4)
 
@@ -27,19 +30,34 @@ def detect_version(ckpt: Checkpoint) -> tuple[type[RWKVModel], str]:
 
 
 def load_model(path: Path | str, device: str | None = None, dtype: str | None = None,
-               chunk_len: int = DEFAULT_CHUNK_LEN) -> RWKVModel:
-    """Load any official RWKV checkpoint; every failure is one line naming the file."""
+               chunk_len: int = DEFAULT_CHUNK_LEN, use_cache: bool = True,
+               notice: Callable[[str], None] | None = None) -> RWKVModel:
+    """Load any official RWKV checkpoint; every failure is one line naming the file.
+
+    Quantized dtypes read and write the converted-weight cache (weightcache.py) unless
+    `use_cache` is False; `notice` gets its one-line messages (default: stderr)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ckpt = Checkpoint.open(path)
     cls, _ = detect_version(ckpt)
+    cache = None
+    if use_cache and "cache" in inspect.signature(cls.__init__).parameters:
+        cache = open_cache(ckpt.path, ckpt.fingerprint(), dt, notice)
     try:
-        return cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len)
-    except (RuntimeError, OSError) as e:
+        model = cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len,
+                    **({"cache": cache} if cache is not None else {}))
+    except BaseException as e:
+        if cache is not None:
+            cache.abort()
+        if not isinstance(e, (RuntimeError, OSError)):
+            raise
         # A damaged tensor in an mmap-ed file surfaces only when it is read; anything else
         # (a missing optional library, say) is not the file's fault and is not called damage.
         what = "damaged checkpoint" if _is_read_error(e) else "cannot load the model"
         raise CheckpointError(f"{ckpt.path}: {what} ({first_line(e, 160)})") from None
+    if cache is not None:
+        cache.finish()
+    return model
 
 
 def _is_read_error(e: BaseException) -> bool:

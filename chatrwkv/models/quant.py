@@ -58,7 +58,32 @@ class Int8Linear:
         if weight.dim() != 2:
             raise ValueError(f"Int8Linear needs a 2-D weight, got shape {tuple(weight.shape)}")
         self.shape = tuple(weight.shape)
-        q, scale = quantize_rows(weight, out=rows_out, done=done)
+        self._setup(*quantize_rows(weight, out=rows_out, done=done), use_fbgemm, keep_rows)
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, torch.Tensor], shape: tuple[int, int],
+                   use_fbgemm: bool | None = None, keep_rows: bool = False,
+                   rows_out: torch.Tensor | None = None) -> Int8Linear:
+        """The matrix again from its `parts()` (a weight cache); ValueError if they are not
+        the parts of a [out, in] = `shape` matrix."""
+        q, scale = parts.get("q"), parts.get("scale")
+        if q is None or scale is None or q.dtype != torch.int8 or tuple(q.shape) != shape \
+                or scale.dtype != torch.float32 or tuple(scale.shape) != shape[:1] \
+                or not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"not the int8 parts of a {shape} matrix")
+        if rows_out is not None:
+            q = rows_out.copy_(q)
+        self = cls.__new__(cls)
+        self.shape = tuple(shape)
+        self._setup(q, scale, use_fbgemm, keep_rows)
+        return self
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The tensors that `from_parts` rebuilds this matrix from."""
+        return {"q": self.int8_weight(), "scale": self.scale}
+
+    def _setup(self, q: torch.Tensor, scale: torch.Tensor, use_fbgemm: bool | None,
+               keep_rows: bool) -> None:
         self.q, self.scale = q, scale
         self._packed = None
         if fbgemm_available() if use_fbgemm is None else use_fbgemm:

@@ -29,6 +29,7 @@ from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
+from .weightcache import WeightCache, int8_matrix
 
 Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
 
@@ -165,7 +166,7 @@ class RWKV4(RWKVModel):
         return "4"
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
-                 chunk_len: int = DEFAULT_CHUNK_LEN):
+                 chunk_len: int = DEFAULT_CHUNK_LEN, cache: WeightCache | None = None):
         super().__init__(ckpt, device, dtype, chunk_len)
         version = self.detect(ckpt)
         if version is None:
@@ -198,8 +199,7 @@ class RWKV4(RWKVModel):
             if dtype == "int8":  # no rescaling: int8 runs in fp32 activations (CPU only)
                 # The C step reads the plain int8 rows, the sequence path fbgemm's copy.
                 rows = arena.take(shape, torch.int8) if arena else None
-                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows,
-                                         done=pages.release)
+                out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
             elif arena is not None:  # fp32 or bf16 for the C step: [out, in], row-major
                 out = arena.take(shape, self.dtype)
                 pages.copy(t, out)

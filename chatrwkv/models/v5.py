@@ -24,6 +24,11 @@ from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .pages import PageReleaser
+from .quant import Int8Linear
+from .weightcache import WeightCache, int8_matrix
+
+Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
 
 # The official ln_x is GroupNorm(eps=1e-5) applied to x / head_size_divisor (8); the reference
 # folds the divisor into eps: 1e-5 * 8**2.
@@ -46,11 +51,11 @@ class _Layer:
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
     att_mix: torch.Tensor         # [M, C]: time_mix_r, _k, _v (, _g)
-    receptance: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    gate: torch.Tensor | None     # None for 5.0
-    output: torch.Tensor
+    receptance: Matrix
+    key: Matrix
+    value: Matrix
+    gate: Matrix | None           # None for 5.0
+    output: Matrix
     log_decay: torch.Tensor       # [H, N] fp32: log w = -exp(time_decay)
     decay: torch.Tensor           # [H, N, 1] fp32: w
     bonus: torch.Tensor           # [H, N, 1] fp32: u
@@ -59,15 +64,18 @@ class _Layer:
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
     ffn_mix: torch.Tensor         # [2, C]: time_mix_r, _k
-    ffn_key: torch.Tensor
-    ffn_receptance: torch.Tensor
-    ffn_value: torch.Tensor
+    ffn_key: Matrix
+    ffn_receptance: Matrix
+    ffn_value: Matrix
     halve_after: bool             # fp16 rescaling point
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """x @ weight.T in x's dtype. Mixed dtypes happen only on CPU with 16-bit weights: a vector
-    goes through a 16-bit GEMV (no fp32 copy of the weight), a matrix through fp32 GEMM."""
+    goes through a 16-bit GEMV (no fp32 copy of the weight), a matrix through fp32 GEMM.
+    int8 weights (CPU, fp32 activations) multiply as quant.py does."""
+    if isinstance(weight, Int8Linear):
+        return weight(x)
     if x.dtype == weight.dtype:
         return F.linear(x, weight)
     if x.dim() == 1:
@@ -132,6 +140,7 @@ def _wkv_parallel(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Te
 
 class RWKV5(RWKVModel):
     state_class = WKVState
+    supports_int8 = True
 
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
@@ -149,7 +158,7 @@ class RWKV5(RWKVModel):
         return "5.0"
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
-                 chunk_len: int = DEFAULT_CHUNK_LEN):
+                 chunk_len: int = DEFAULT_CHUNK_LEN, cache: WeightCache | None = None):
         super().__init__(ckpt, device, dtype, chunk_len)
         version = self.detect(ckpt)
         if version is None:
@@ -174,6 +183,8 @@ class RWKV5(RWKVModel):
                                n_head=H, head_size=N, ffn_dim=ffn_dim, gated=version != "5.0")
         # On CPU we compute in fp32 whatever the weights; on CUDA in the weight dtype.
         self.compute_dtype = self.dtype if device.type == "cuda" else torch.float32
+        self._cache = cache
+        self._pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy
         self.blocks = tuple(self._load_layer(ckpt, i) for i in range(n_layer))
 
         # ln0 folded into the embedding in the file's dtype when it is uniform, as the reference
@@ -184,7 +195,8 @@ class RWKV5(RWKVModel):
         self.emb = F.layer_norm(emb, (C,), *ln0).to(self.dtype).contiguous()
         self.ln_out_w = self._vec(ckpt.expect_shape("ln_out.weight", (C,)))
         self.ln_out_b = self._vec(ckpt.expect_shape("ln_out.bias", (C,)))
-        self.head = self._mat(ckpt.expect_shape("head.weight", (vocab_size, C)))
+        self.head = self._big(ckpt, "head.weight", (vocab_size, C))
+        del self._cache, self._pages
         ckpt.check_consumed()
 
     # --- loading -------------------------------------------------------------------------------
@@ -197,6 +209,17 @@ class RWKV5(RWKVModel):
             t = t.float() * scale
         return t.to(device=self.device, dtype=self.dtype).contiguous()
 
+    def _big(self, ckpt: Checkpoint, key: str, shape: tuple[int, int],
+             scale: float = 1.0) -> Matrix:
+        """A big matrix: int8 (fp32 activations, no fp16 rescale), else `_mat`."""
+        t = ckpt.expect_shape(key, shape)
+        if self.dtype_name == "int8":
+            out: Matrix = int8_matrix(self._cache, key, t, done=self._pages.release)
+        else:
+            out = self._mat(t, scale)
+        self._pages.release(t, out)
+        return out
+
     def _fp32(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(device=self.device, dtype=torch.float32).contiguous()
 
@@ -208,8 +231,8 @@ class RWKV5(RWKVModel):
         def vec(key: str) -> torch.Tensor:
             return ckpt.expect_shape(key, (C,))
 
-        def mat(key: str, shape: tuple[int, int]) -> torch.Tensor:
-            return ckpt.expect_shape(key, shape)
+        def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
+            return self._big(ckpt, key, shape, scale)
 
         head_shape = (H, N) if c.version == "5.2" else (H, 1)
         log_decay = -torch.exp(_squeezed(ckpt, att + "time_decay", head_shape).float())
@@ -229,19 +252,19 @@ class RWKV5(RWKVModel):
         return _Layer(
             ln1_w=self._vec(vec(p + "ln1.weight")), ln1_b=self._vec(vec(p + "ln1.bias")),
             att_mix=self._vec(att_mix),
-            receptance=self._mat(mat(att + "receptance.weight", (C, C))),
-            key=self._mat(mat(att + "key.weight", (C, C))),
-            value=self._mat(mat(att + "value.weight", (C, C))),
-            gate=self._mat(mat(att + "gate.weight", (C, C))) if c.gated else None,
-            output=self._mat(mat(att + "output.weight", (C, C)), out_scale),
+            receptance=mat(att + "receptance.weight", (C, C)),
+            key=mat(att + "key.weight", (C, C)),
+            value=mat(att + "value.weight", (C, C)),
+            gate=mat(att + "gate.weight", (C, C)) if c.gated else None,
+            output=mat(att + "output.weight", (C, C), out_scale),
             log_decay=self._fp32(log_decay), decay=self._fp32(log_decay.exp().unsqueeze(-1)),
             bonus=self._fp32(bonus.unsqueeze(-1)),
             ln_x_w=self._fp32(vec(att + "ln_x.weight")), ln_x_b=self._fp32(vec(att + "ln_x.bias")),
             ln2_w=self._vec(vec(p + "ln2.weight")), ln2_b=self._vec(vec(p + "ln2.bias")),
             ffn_mix=self._vec(ffn_mix),
-            ffn_key=self._mat(mat(ffn + "key.weight", (Fd, C))),
-            ffn_receptance=self._mat(mat(ffn + "receptance.weight", (C, C))),
-            ffn_value=self._mat(mat(ffn + "value.weight", (C, Fd)), out_scale),
+            ffn_key=mat(ffn + "key.weight", (Fd, C)),
+            ffn_receptance=mat(ffn + "receptance.weight", (C, C)),
+            ffn_value=mat(ffn + "value.weight", (C, Fd), out_scale),
             halve_after=bool(rescale) and (i + 1) % rescale == 0,
         )
 

@@ -28,6 +28,11 @@ from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .pages import PageReleaser
+from .quant import Int8Linear
+from .weightcache import WeightCache, int8_matrix
+
+Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
 
 _V7_MARKERS = ("att.x_r", "att.k_k", "att.r_k")
 _SUB_LEN = 16        # tokens per sub-chunk of the chunked WKV (halved where decays are strong)
@@ -54,11 +59,11 @@ class _Att(NamedTuple):
     decay_w2: torch.Tensor    # [C, D_decay]
     time_decay: torch.Tensor  # [C] fp32
     time_first: torch.Tensor  # [H, N] fp32 (u)
-    receptance: torch.Tensor  # [C, C] weight dtype, [out, in]
-    key: torch.Tensor
-    value: torch.Tensor
-    gate: torch.Tensor
-    output: torch.Tensor
+    receptance: Matrix        # [C, C] weight dtype, [out, in]
+    key: Matrix
+    value: Matrix
+    gate: Matrix
+    output: Matrix
     lnx_w: torch.Tensor       # [C] fp32
     lnx_b: torch.Tensor
 
@@ -68,18 +73,23 @@ class _Ffn(NamedTuple):
     ln_b: torch.Tensor
     maa_k: torch.Tensor       # [C]
     maa_r: torch.Tensor
-    key: torch.Tensor         # [F, C]
-    receptance: torch.Tensor  # [C, C]
-    value: torch.Tensor       # [C, F]
+    key: Matrix               # [F, C]
+    receptance: Matrix        # [C, C]
+    value: Matrix             # [C, F]
 
 
-def _mv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Matrix-vector: bf16 weights stay bf16 ([out, in] through F.linear is fast for vectors)."""
+def _mv(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
+    """Matrix-vector: bf16 weights stay bf16 ([out, in] through F.linear is fast for vectors);
+    int8 weights multiply as quant.py does (fp32 activations, CPU)."""
+    if isinstance(weight, Int8Linear):
+        return weight(x)
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
 
 
-def _mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _mm(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """Matrix-matrix in the activations' dtype (16-bit GEMM on CPU is slow: upcast the weight)."""
+    if isinstance(weight, Int8Linear):
+        return weight(x)
     return F.linear(x, weight.to(x.dtype))
 
 
@@ -140,6 +150,7 @@ def _wkv_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w_log: torch
 
 class RWKV6(RWKVModel):
     state_class = WKVState
+    supports_int8 = True
     config: V6Config
 
     @classmethod
@@ -151,7 +162,7 @@ class RWKV6(RWKVModel):
         return "6.0" if any("time_maa" in key for key in keys) else None
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
-                 chunk_len: int = DEFAULT_CHUNK_LEN):
+                 chunk_len: int = DEFAULT_CHUNK_LEN, cache: WeightCache | None = None):
         super().__init__(ckpt, device, dtype, chunk_len)
         # CPU computes in fp32 whatever the weights; CUDA in the weight dtype (WKV always fp32).
         self.compute_dtype = torch.float32 if device.type == "cpu" else self.dtype
@@ -170,10 +181,10 @@ class RWKV6(RWKVModel):
             version="6.0", n_layer=n_layer, n_embd=C, vocab_size=vocab, n_head=H, head_size=N,
             ffn_dim=_matrix(ckpt, "blocks.0.ffn.key.weight").shape[0], mix_lora=mix5 // 5,
             decay_lora=_matrix(ckpt, "blocks.0.att.time_decay_w1").shape[1])
-        self._load(ckpt)
+        self._load(ckpt, cache)
         ckpt.check_consumed()
 
-    def _load(self, ckpt: Checkpoint) -> None:
+    def _load(self, ckpt: Checkpoint, cache: WeightCache | None) -> None:
         cfg, dev, cd = self.config, self.device, self.compute_dtype
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
         rescale = self.dtype == torch.float16
@@ -189,6 +200,16 @@ class RWKV6(RWKVModel):
                 scale: float = 1.0) -> torch.Tensor:
             t = ckpt.expect_shape(key, shape).to(device=dev, dtype=dtype)
             return (t * scale if scale != 1.0 else t).contiguous()
+
+        pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
+
+        def big(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
+            if self.dtype_name != "int8":  # int8: fp32 activations, so no fp16 rescale
+                out: Matrix = mat(key, shape, self.dtype, scale)
+            else:
+                out = int8_matrix(cache, key, ckpt.expect_shape(key, shape), done=pages.release)
+            pages.release(ckpt.require(key), out)
+            return out
 
         # Fold ln0 in the file's dtype, as the reference does: a bf16 file gets a bf16-rounded
         # embedding, and it is the embedding the model was evaluated with.
@@ -216,26 +237,26 @@ class RWKV6(RWKVModel):
                 decay_w2=mat(a + "time_decay_w2", (Dd, C)).t().contiguous(),
                 time_decay=vec(a + "time_decay", torch.float32),
                 time_first=mat(a + "time_faaaa", (H, N), torch.float32),
-                receptance=mat(a + "receptance.weight", (C, C), self.dtype),
-                key=mat(a + "key.weight", (C, C), self.dtype),
-                value=mat(a + "value.weight", (C, C), self.dtype),
-                gate=mat(a + "gate.weight", (C, C), self.dtype),
-                output=mat(a + "output.weight", (C, C), self.dtype, scale),
+                receptance=big(a + "receptance.weight", (C, C)),
+                key=big(a + "key.weight", (C, C)),
+                value=big(a + "value.weight", (C, C)),
+                gate=big(a + "gate.weight", (C, C)),
+                output=big(a + "output.weight", (C, C), scale),
                 lnx_w=vec(a + "ln_x.weight", torch.float32),
                 lnx_b=vec(a + "ln_x.bias", torch.float32))
             ffn = _Ffn(
                 ln_w=vec(p + "ln2.weight"), ln_b=vec(p + "ln2.bias"),
                 maa_k=vec(f + "time_maa_k"), maa_r=vec(f + "time_maa_r"),
-                key=mat(f + "key.weight", (Fd, C), self.dtype),
-                receptance=mat(f + "receptance.weight", (C, C), self.dtype),
-                value=mat(f + "value.weight", (C, Fd), self.dtype, scale))
+                key=big(f + "key.weight", (Fd, C)),
+                receptance=big(f + "receptance.weight", (C, C)),
+                value=big(f + "value.weight", (C, Fd), scale))
             halve_after = rescale and (i + 1) % _RESCALE_EVERY == 0
             self.layers.append((att, ffn, halve_after))
             if tuned:  # stored [H, N_v, N_k], as the reference reads it
                 time_states.append(mat(a + "time_state", (H, N, N), torch.float32).mT)
         self.time_state = torch.stack(time_states).contiguous() if time_states else None
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
-        self.head = mat("head.weight", (cfg.vocab_size, C), self.dtype)
+        self.head = big("head.weight", (cfg.vocab_size, C))
 
     def zero_state(self) -> WKVState:
         c = self.config

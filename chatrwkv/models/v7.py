@@ -28,6 +28,7 @@ from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
+from .weightcache import WeightCache, int8_matrix
 
 Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
 
@@ -189,7 +190,7 @@ class RWKV7(RWKVModel):
         return "7.0" if any(k.endswith(v7_keys) for k in ckpt.tensors) else None
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
-                 chunk_len: int = DEFAULT_CHUNK_LEN):
+                 chunk_len: int = DEFAULT_CHUNK_LEN, cache: WeightCache | None = None):
         super().__init__(ckpt, device, dtype, chunk_len)
         # CPU computes in fp32 (no fast 16-bit GEMM there); CUDA in the weight dtype.
         self.act_dtype = torch.float32 if device.type == "cpu" else self.dtype
@@ -215,8 +216,7 @@ class RWKV7(RWKVModel):
             t = ckpt.expect_shape(key, shape)
             if dtype == "int8":  # the C step reads the plain int8 rows, prefill fbgemm's copy
                 rows = arena.take(shape, torch.int8) if arena else None
-                out: Matrix = Int8Linear(t, keep_rows=rows is not None, rows_out=rows,
-                                         done=pages.release)
+                out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
             elif arena is not None:
                 out = arena.take(shape, self.dtype)
                 pages.copy(t, out)
