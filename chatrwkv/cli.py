@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, bool]] = {
     "info": ("chatrwkv.hub", True),
     "bench": ("chatrwkv.bench", False),
     "train": ("chatrwkv.training.cli", False),
+    "cache": ("chatrwkv.cachecmd", False),
 }
 
 NO_MODEL = ("chatrwkv: no model given and the demo model is missing from this install. Start "

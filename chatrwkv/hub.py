@@ -289,6 +289,7 @@ def _cmd_list(console) -> int:
     models = local_models()
     if not models:
         console.print(f"no models in {models_dir()} yet; get one with: chatrwkv pull g1-0.4b")
+        _list_caches(console)
         return 0
     table = Table(title=str(models_dir()), title_justify="left")
     for col in ("NAME", "VERSION", "PARAMS", "TOKENIZER", "FILE SIZE"):
@@ -303,7 +304,25 @@ def _cmd_list(console) -> int:
         table.add_row(m.name, version, _params(facts.params), tokenizer_name(facts.vocab_size),
                       size)
     console.print(table)
+    _list_caches(console)
     return 0
+
+
+def _list_caches(console) -> None:
+    """The converted-weight caches (`chatrwkv cache clear` removes them), if there are any."""
+    from rich.table import Table
+
+    from .cachecmd import cache_rows
+
+    rows = cache_rows()
+    if rows:
+        table = Table(title="converted-weight caches (remove: chatrwkv cache clear)",
+                      title_justify="left")
+        for col in ("CACHE", "DTYPE", "SIZE", "FROM"):
+            table.add_column(col, justify="right" if col == "SIZE" else "left")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def _cmd_info(console, name: str) -> int:

@@ -74,6 +74,7 @@ class Int8Linear:
         if rows_out is not None:
             q = rows_out.copy_(q)
         self = cls.__new__(cls)
+        scale = scale.clone()  # small: its own memory, not a page of the cache file
         self.shape = tuple(shape)
         self._setup(q, scale, use_fbgemm, keep_rows)
         return self
