@@ -38,8 +38,9 @@ def header_room(n_tensors: int, longest_name: int = 64) -> int:
 class SafetensorsWriter:
     """`add(name, tensor)` in any order, then `close(metadata)`; `abort()` removes the file."""
 
-    def __init__(self, path: Path | str, reserve: int = 1 << 20):
+    def __init__(self, path: Path | str, reserve: int = 1 << 20, align: int = ALIGN):
         self.path = Path(path)
+        self.align = align  # 1: no pads (a checkpoint of one dtype needs none, readers no skip)
         self.reserve = -(-(reserve + 8) // ALIGN) * ALIGN - 8  # data starts 64-byte aligned
         self.entries: dict[str, dict] = {}
         self.offset = 0
@@ -64,7 +65,7 @@ class SafetensorsWriter:
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if name.startswith(PAD_PREFIX):
             raise ValueError(f"tensor names starting with {PAD_PREFIX!r} are reserved")
-        gap = -self.offset % ALIGN
+        gap = -self.offset % self.align
         if gap:
             self._write(f"{PAD_PREFIX}{len(self.entries)}", torch.zeros(gap, dtype=torch.uint8))
         self._write(name, tensor)

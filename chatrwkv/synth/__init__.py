@@ -23,7 +23,12 @@ SIZES: dict[str, tuple[str, dict[str, int]]] = {
     "v7-0.4b": ("7.0", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536}),
     "v7-1.5b": ("7.0", {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536}),
     "v7-2.9b": ("7.0", {"n_layer": 32, "n_embd": 2560, "vocab_size": 65536}),
+    # The G1 7.2B and 13.3B shapes (L32 / L61, D4096): 6.4B / 12.3B in the blocks plus the
+    # 0.54B of embedding and head, as the published parameter counts.
+    "v7-7.2b": ("7.0", {"n_layer": 32, "n_embd": 4096, "vocab_size": 65536}),
+    "v7-13.3b": ("7.0", {"n_layer": 61, "n_embd": 4096, "vocab_size": 65536}),
 }
+STREAMED_VERSIONS = ("7.0",)  # versions whose make_weights takes a sink (stream_checkpoint)
 
 _MODULE_OF = {"4": "v4", "5.0": "v5", "5.1": "v5", "5.2": "v5", "6.0": "v6", "7.0": "v7"}
 
@@ -52,4 +57,56 @@ def write_checkpoint(path: Path | str, version: str, **kwargs) -> Path:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
     else:
         torch.save(weights, path)
+    return path
+
+
+class _Converting(dict):
+    """A sink that keeps each tensor already in the file's dtype (never the fp32 model)."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        super().__setitem__(key, value.to(self.dtype).contiguous())
+
+
+class _Streaming:
+    """A sink that writes each tensor to a safetensors file as it comes (stwriter.py)."""
+
+    def __init__(self, writer, dtype: torch.dtype):
+        self.writer, self.dtype = writer, dtype
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.writer.add(key, value.to(self.dtype))
+
+
+def stream_checkpoint(path: Path | str, version: str, *, dtype: torch.dtype = torch.bfloat16,
+                      seed: int = 0, **dims) -> Path:
+    """`write_checkpoint` for models too big to hold: tensor by tensor, each made in fp32,
+    cast and written (.safetensors) or kept cast (.pth, which torch.save writes whole: up to
+    the bf16 model in memory). Same values as `make_weights(version, seed=seed, ...)`."""
+    from ..stwriter import SafetensorsWriter, header_room
+
+    if version not in STREAMED_VERSIONS:
+        raise ValueError(f"streamed checkpoints are v7 only, not {version!r}")
+    path = Path(path)
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF[version]}")
+    gen = torch.Generator().manual_seed(seed)
+    dims = {"head_size": 64, **dims}
+    if path.suffix != ".safetensors":
+        sink = _Converting(dtype)
+        module.make_weights(generator=gen, dtype=dtype, sink=sink, **dims)
+        torch.save(dict(sink), path)
+        return path
+    tmp = path.with_name(path.name + ".partial")
+    writer = SafetensorsWriter(tmp, reserve=header_room(64 * (dims["n_layer"] + 1)),
+                               align=1)
+    try:
+        module.make_weights(generator=gen, dtype=dtype, sink=_Streaming(writer, dtype), **dims)
+        writer.close({"format": "pt"})
+    except BaseException:
+        writer.abort()
+        raise
+    tmp.replace(path)
     return path

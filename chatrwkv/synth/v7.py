@@ -9,6 +9,8 @@ matrices start at zero) every tensor gets a small random part, so that each code
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import torch
 
 
@@ -24,8 +26,11 @@ def lora_widths(n_embd: int) -> dict[str, int]:
 
 def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
                  generator: torch.Generator, dtype: torch.dtype = torch.bfloat16,
-                 layer0_v_lora: bool = True, **variant) -> dict[str, torch.Tensor]:
-    """A v7 state dict. `layer0_v_lora`: newer official files carry an unused layer-0 v0/v1/v2."""
+                 layer0_v_lora: bool = True, sink: MutableMapping[str, torch.Tensor] | None = None,
+                 **variant) -> dict[str, torch.Tensor]:
+    """A v7 state dict. `layer0_v_lora`: newer official files carry an unused layer-0 v0/v1/v2.
+    `sink`: each tensor is handed to `sink[name] = tensor` (fp32) as it is made, and nothing is
+    kept or returned (so a 13B model is written without being held: synth.stream_checkpoint)."""
     if variant:
         raise ValueError(f"unknown v7 variant options: {sorted(variant)}")
     C, N = n_embd, head_size
@@ -44,7 +49,7 @@ def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
     def row(t: torch.Tensor) -> torch.Tensor:  # the official [1, 1, C] vector shape
         return t.reshape(1, 1, C)
 
-    w: dict[str, torch.Tensor] = {}
+    w: MutableMapping[str, torch.Tensor] = {} if sink is None else sink
     w["emb.weight"] = uniform(vocab_size, C, lo=-1.0, hi=1.0)
     w["blocks.0.ln0.weight"] = 1.0 + randn(C, std=0.1)
     w["blocks.0.ln0.bias"] = randn(C, std=0.1)
@@ -87,4 +92,6 @@ def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
     w["ln_out.weight"] = 1.0 + randn(C, std=0.1)
     w["ln_out.bias"] = randn(C, std=0.1)
     w["head.weight"] = randn(vocab_size, C, std=C ** -0.5)
+    if sink is not None:
+        return {}
     return {k: v.to(dtype).contiguous() for k, v in w.items()}
