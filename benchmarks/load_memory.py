@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="second starts to time (median reported)")
     args = ap.parse_args(argv)
     print(f"cache: {cache_dir()}", file=sys.stderr)
-    rows = []
+    gib = 2 ** 30
+    print(f"{'model':22} {'dtype':5} {'weights':>8} {'before':>7} {'peak':>7} {'own/w':>6} "
+          f"{'peak2':>7} {'own2/w':>6} {'first s':>8} {'second s':>9}", flush=True)
     for path in args.models:
         facts = _model_facts(path)
         for dtype in args.dtype.split(","):
@@ -47,22 +49,21 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{path.name} {dtype}: {r['error']}", file=sys.stderr)
                     break
                 runs.append(r)
-            if runs:
-                rows.append((path.name, dtype, runs))
-    gib = 2 ** 30
-    print(f"{'model':22} {'dtype':5} {'weights':>8} {'before':>7} {'peak':>7} {'own/w':>6} "
-          f"{'peak2':>7} {'own2/w':>6} {'first s':>8} {'second s':>9}")
-    for name, dtype, runs in rows:
-        first, later = runs[0], runs[1:]
-        w = first["weight_bytes"]
-        peak2 = max((r["rss_load_peak_bytes"] for r in later), default=0)
-        own2 = max((r["rss_load_peak_bytes"] - r["rss_baseline_bytes"] for r in later), default=0)
-        seconds = sorted(r["load_s"] for r in later)
-        second = seconds[len(seconds) // 2] if seconds else float("nan")
-        print(f"{name:22} {dtype:5} {w / gib:7.2f}G {first['rss_baseline_bytes'] / gib:6.2f}G "
-              f"{first['rss_load_peak_bytes'] / gib:6.2f}G "
-              f"{(first['rss_load_peak_bytes'] - first['rss_baseline_bytes']) / w:6.2f} "
-              f"{peak2 / gib:6.2f}G {own2 / w:6.2f} {first['load_s']:8.1f} {second:9.1f}")
+            if not runs:
+                continue
+            first, later = runs[0], runs[1:]
+            w = first["weight_bytes"]
+            peak2 = max((r["rss_load_peak_bytes"] for r in later), default=0)
+            own2 = max((r["rss_load_peak_bytes"] - r["rss_baseline_bytes"] for r in later),
+                       default=0)
+            seconds = sorted(r["load_s"] for r in later)
+            second = seconds[len(seconds) // 2] if seconds else float("nan")
+            print(f"{path.name:22} {dtype:5} {w / gib:7.2f}G "
+                  f"{first['rss_baseline_bytes'] / gib:6.2f}G "
+                  f"{first['rss_load_peak_bytes'] / gib:6.2f}G "
+                  f"{(first['rss_load_peak_bytes'] - first['rss_baseline_bytes']) / w:6.2f} "
+                  f"{peak2 / gib:6.2f}G {own2 / w:6.2f} {first['load_s']:8.1f} {second:9.1f}",
+                  flush=True)
     return 0
 
 
