@@ -3,7 +3,7 @@
     python tests/chat_driver.py [--slow] [--short] [--escapes]
 --slow makes every forward call take 20 ms and the model babble "abab..." forever, so a test
 can press Ctrl-C in the middle of a long reply; with --short a chat reply ends by itself after
-60 tokens (1.2 s). --escapes makes the reply " ESC[31mR CR !": a model trying to recolour the
+100 tokens (2 s). --escapes makes the reply " ESC[31mR CR !": a model trying to recolour the
 terminal and overwrite its line.
 """
 
@@ -37,7 +37,7 @@ def main() -> int:
     model = Slow({"a": "b", "b": "a", " ": "a", ":": " "}) if slow else BigramModel(
         ESCAPES if "--escapes" in sys.argv else YES)
     prompt = load_prompt("english-world")
-    reply_tokens = {"chat_max_tokens": 60} if "--short" in sys.argv else {}
+    reply_tokens = {"chat_max_tokens": 100} if "--short" in sys.argv else {}
     session = Session(model, FakeTokenizer(), prompt, seed=0, max_tokens=5000 if slow else 12,
                       **reply_tokens)
     session.start(prompt)
