@@ -19,6 +19,16 @@ from .sampling import SamplingSettings
 from .statetune import mount_state
 
 
+def _shown(node: Node) -> str:
+    """The preview without a repeat of the label: "reset" for a reset, and files saved before
+    previews stopped starting with it ("prompt english-world" under the label "prompt")."""
+    if node.preview == node.label:
+        return ""
+    if node.label in ("prompt", "state"):
+        return node.preview.removeprefix(node.label + " ")
+    return node.preview
+
+
 class TreeCommands:
     """Needs from the session: tree, slots, prompt, model, runtime, generator, initial_state,
     mounted_name, states_folder, zero(), start()."""
@@ -68,7 +78,7 @@ class TreeCommands:
 
     def _on_showtree(self, cmd: C.ShowTree, settings: SamplingSettings) -> Iterator[Event]:
         heads = self.tree.heads()
-        yield ShowTree(tuple(TreeRow(depth, n.label, n.preview, tuple(heads.get(n.id, ())),
+        yield ShowTree(tuple(TreeRow(depth, n.label, _shown(n), tuple(heads.get(n.id, ())),
                                      n.id == self.tree.current, n.id)
                              for depth, n in self.tree.walk()))
 

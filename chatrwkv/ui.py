@@ -77,7 +77,8 @@ def tree_lines(event: ShowTree) -> list[str]:
     for row in event.rows:
         mark = "*" if row.current else "-"
         heads = f" [{', '.join(row.branches)}]" if row.branches else ""
-        out.append(f"{'  ' * row.depth}{mark} #{row.node_id} {row.label}: {row.preview}{heads}")
+        preview = f": {row.preview}" if row.preview else ""
+        out.append(f"{'  ' * row.depth}{mark} #{row.node_id} {row.label}{preview}{heads}")
     return out
 
 

@@ -141,3 +141,25 @@ def test_moves_are_recorded_in_no_new_node(tmp_path, line):
     n = len(s.tree.nodes)
     run(s, line)
     assert len(s.tree.nodes) == n
+
+
+def test_no_label_is_said_twice(tmp_path):
+    s = make(tmp_path)
+    run(s, "hi")
+    run(s, "+reset")
+    s.tree.nodes[0].preview = "prompt t"  # as files saved before this fix have it
+    lines = tree_lines(tree(s))
+    assert lines[0] == "- #0 prompt: t" and lines[-1].endswith("#2 reset [main]")
+
+
+def test_goto_and_parked_redo_survive_save_and_load(tmp_path):
+    s = make(tmp_path)
+    for text in ("a", "b"):
+        run(s, text)
+    run(s, "+goto 1")
+    assert isinstance(run(s, "+save s1")[0], Info)
+    t = make(tmp_path)
+    assert isinstance(run(t, "+load s1")[0], Info)
+    assert user_messages(t) == ["a"]
+    run(t, "+redo")
+    assert user_messages(t) == ["a", "b"]
