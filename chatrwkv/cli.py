@@ -33,7 +33,7 @@ in the chat:
   -temp=X and -top_p=Y in a line apply to that line only.
   Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves and saves
   the session as 'last' (`--resume` continues it). +undo, +branch NAME, +switch NAME, +tree,
-  +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
+  +goto N, +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
 
 piped input (stdin not a terminal): each line is a message or command, replies go to stdout:
   printf 'hi\\n+gen Once upon a time\\n' | chatrwkv --model M
