@@ -36,13 +36,14 @@ def use_simd(on: bool) -> bool:
 
 def arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
           device: torch.device) -> Arena | None:
-    C, F_ = cfg.n_embd, cfg.ffn_dim
-    return weight_arena(cfg, dtype, weight_dtype, device, [(C, C)] * 4 + [(F_, C), (C, F_)],
-                        available())
+    C, F_, D = cfg.n_embd, cfg.ffn_dim, cfg.d_embed
+    shapes = [(C, C)] * 4 + [(F_, C), (C, F_)] + ([(D * D, C)] if D else [])  # DE: s_emb_x
+    return weight_arena(cfg, dtype, weight_dtype, device, shapes, available())
 
 
 def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
-    if _v7cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32:
+    if _v7cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32 \
+            or model.config.d_embed:
         return None
     c = model.config
     try:
