@@ -5,6 +5,7 @@ the layouts no module runs (rwkv7b DeepEmbedAttention, RWKV-8)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -13,11 +14,12 @@ import torch.nn.functional as F
 
 from chatrwkv.checkpoint import Checkpoint
 from chatrwkv.errors import CheckpointError, StateFileError
-from chatrwkv.models import detect_version, load_model, version_label
+from chatrwkv.models import detect_version, load_model, v7_cpu, version_label
 from chatrwkv.models.pages import _private_file_ranges
 from chatrwkv.models.v7 import RWKV7
 from chatrwkv.state import WKVState
 from chatrwkv.synth import make_weights, write_checkpoint
+from tests.cpu_step_helpers import compare, fast, simd_fixture
 from tests.reference_de import run_reference_de
 
 # D = 32 is fixed by the package (`semb_.view(32, 32)`); F = 4C.
@@ -30,7 +32,7 @@ LOGIT_TOL = 1e-4     # fp32 vs the reference, as test_v7.py (measured ~1.5e-6)
 STATE_TOL = 1e-4
 SAME_TOL = 2e-5      # ours vs ours in fp32: the same sums in other orders
 BF16_TOL = 0.1       # our bf16 weights vs our fp32, max abs logit deviation (measured ~0.016)
-REF_BF16_TOL = 0.1   # our bf16 vs the package's cpu bf16 (measured ~0.027; it rounds activations too)
+REF_BF16_TOL = 0.1   # our bf16 vs the package's cpu bf16 (measured ~0.027; it rounds activations)
 INT8_TOL = 0.15      # int8 vs fp32, as test_quant.py's V7_INT8_TOL
 
 
@@ -231,6 +233,50 @@ def test_wrong_deep_embed_shape_is_refused(tmp_path, key, shape):
     torch.save(w, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=f"'{key}'"):
         load_model(tmp_path / "bad.pth", device="cpu")
+
+
+# --- the C one-token step ------------------------------------------------------------------------
+
+# Odd sizes and more layers than one C phase takes (CK_MAX_TASKS = 8 s_emb_x products), a rank
+# other than 32; and the package's shape above.
+C_SHAPES = {"odd": ({"n_layer": 9, "n_embd": 72, "vocab_size": 301, "head_size": 24}, 8),
+            "official": (DIMS, 32)}
+C_TOKENS = [t % 301 for t in PROMPT[:20]]
+simd = simd_fixture(v7_cpu)
+needs_c = pytest.mark.skipif(not v7_cpu.available(), reason="C extension not built")
+
+
+@pytest.fixture(scope="module", params=sorted(C_SHAPES))
+def c_ckpt(request, tmp_path_factory):
+    dims, rank = C_SHAPES[request.param]
+    path = tmp_path_factory.mktemp("v7a_c") / f"{request.param}.pth"
+    torch.save(make_weights("7.0a", seed=4, deep_embed_rank=rank, **dims), path)
+    return path
+
+
+@needs_c
+def test_c_step_fp32_equals_torch_twin(c_ckpt, simd):
+    m = load_model(c_ckpt, device="cpu", dtype="fp32")
+    compare(fast(m), m._forward_one_torch, m, m, C_TOKENS, SAME_TOL)
+    assert m._c_step is not None  # the C step did run
+
+
+@needs_c
+def test_c_step_bf16_equals_fp32_twin_on_the_same_values(c_ckpt, simd):
+    m16, m32 = (load_model(c_ckpt, device="cpu", dtype=d) for d in ("bf16", "fp32"))
+    compare(fast(m16), m32._forward_one_torch, m16, m32, C_TOKENS, SAME_TOL)
+    assert m16._c_step is not None
+
+
+@needs_c
+def test_c_step_int8_equals_dequantized_twin(c_ckpt, simd):
+    m8, twin = (load_model(c_ckpt, device="cpu", dtype=d) for d in ("int8", "fp32"))
+    big = ("R", "K", "V", "O", "ffn_K", "ffn_V", "s_emb_x")
+    twin.layers = tuple(dataclasses.replace(p, **{n: getattr(q, n).dequantize() for n in big})
+                        for p, q in zip(twin.layers, m8.layers))
+    twin.head = m8.head.dequantize()
+    compare(fast(m8), twin._forward_one_torch, m8, twin, C_TOKENS, SAME_TOL)
+    assert m8._c_step is not None
 
 
 # --- layouts refused by name --------------------------------------------------------------------

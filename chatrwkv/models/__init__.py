@@ -33,7 +33,7 @@ REFUSED_LAYOUTS: tuple[tuple[re.Pattern[str], str], ...] = (
 def refused_layout(ckpt: Checkpoint) -> str | None:
     """The name of a known but unsupported layout the checkpoint has, or None."""
     for pattern, name in REFUSED_LAYOUTS:
-        if any(pattern.search(k) for k in ckpt.keys()):
+        if any(pattern.search(k) for k in ckpt.tensors):
             return name
     return None
 

@@ -30,8 +30,8 @@ from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep
 from .pages import PageReleaser
-from .v7_de import DEEP_EMBED_KEY, deep_embed_rank, deep_embed_rows, deep_embed_scale
 from .quant import Int8Linear
+from .v7_de import DEEP_EMBED_KEY, deep_embed_rank, deep_embed_rows, deep_embed_scale
 
 Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
 
@@ -512,7 +512,8 @@ def _read_config(ckpt: Checkpoint) -> RWKV7Config:
     d_embed = deep_embed_rank(ckpt, C) if any(k.endswith(DEEP_EMBED_KEY) for k in ckpt.tensors) \
         else 0
     return RWKV7Config(
-        version="7.0a" if d_embed else "7.0", n_layer=n_layer, n_embd=C, vocab_size=vocab, n_head=r_k.shape[0],
-        head_size=r_k.shape[1], ffn_dim=ffn.shape[0], d_decay=width("blocks.0.att.w1"),
+        version="7.0a" if d_embed else "7.0", n_layer=n_layer, n_embd=C, vocab_size=vocab,
+        n_head=r_k.shape[0], head_size=r_k.shape[1], ffn_dim=ffn.shape[0],
+        d_decay=width("blocks.0.att.w1"),
         d_aaa=width("blocks.0.att.a1"), d_gate=width("blocks.0.att.g1"),
         d_mv=width("blocks.1.att.v1") if n_layer > 1 else 0, d_embed=d_embed)
