@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from chatrwkv.checkpoint import Checkpoint
 from chatrwkv.errors import CheckpointError, StateFileError
-from chatrwkv.models import detect_version, load_model, v7_cpu, version_label
+from chatrwkv.modelnames import version_label
+from chatrwkv.models import detect_version, load_model, v7_cpu
 from chatrwkv.models.pages import _private_file_ranges
 from chatrwkv.models.v7 import RWKV7
 from chatrwkv.state import WKVState

@@ -16,7 +16,7 @@ from .v7 import RWKV7
 MODEL_CLASSES: tuple[type[RWKVModel], ...] = (RWKV7, RWKV6, RWKV5, RWKV4)
 
 __all__ = ["MODEL_CLASSES", "ModelConfig", "RWKVModel", "detect_version", "load_model",
-           "refused_layout", "version_label"]
+           "refused_layout"]
 
 
 # Official layouts that no version module runs yet, told apart by a key no supported layout has
@@ -48,11 +48,6 @@ def detect_version(ckpt: Checkpoint) -> tuple[type[RWKVModel], str]:
         raise CheckpointError(f"{ckpt.path}: not a known RWKV layout (v4, v5.x, v6, v7)"
                               + ("" if not found else " (ambiguous)"))
     return found[0]
-
-
-def version_label(version: str) -> str:
-    """How `list`, `info` and `bench` name a version: 'v7.0', 'v7.0a DeepEmbed'."""
-    return f"v{version}" + (" DeepEmbed" if version == "7.0a" else "")
 
 
 def load_model(path: Path | str, device: str | None = None, dtype: str | None = None,
