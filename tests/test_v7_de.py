@@ -6,7 +6,11 @@ the layouts no module runs (rwkv7b DeepEmbedAttention, RWKV-8)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +39,7 @@ SAME_TOL = 2e-5      # ours vs ours in fp32: the same sums in other orders
 BF16_TOL = 0.1       # our bf16 weights vs our fp32, max abs logit deviation (measured ~0.016)
 REF_BF16_TOL = 0.1   # our bf16 vs the package's cpu bf16 (measured ~0.027; it rounds activations)
 INT8_TOL = 0.15      # int8 vs fp32, as test_quant.py's V7_INT8_TOL
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +239,18 @@ def test_wrong_deep_embed_shape_is_refused(tmp_path, key, shape):
     torch.save(w, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=f"'{key}'"):
         load_model(tmp_path / "bad.pth", device="cpu")
+
+
+def test_cli_chats_on_a_deep_embed_checkpoint(tmp_path):
+    # A World-vocabulary rwkv7a file (rank 4 keeps s_emb small), through the real CLI, piped.
+    path = write_checkpoint(tmp_path / "de.pth", "7.0a", n_layer=2, n_embd=64, vocab_size=65536,
+                            head_size=16, deep_embed_rank=4, seed=0)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CHATRWKV_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-m", "chatrwkv", "--model", str(path), "--seed", "1",
+                          "--max-tokens", "8"], input="+gen Once upon\n+qa hi\n", check=False,
+                         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "Traceback" not in out.stderr
 
 
 # --- the C one-token step ------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
         if deep_embed:
             # The per-token key scale (s1 x)^T S s2 + s0 stays near 1: s0 ~ 1, the rest small.
             D = deep_embed_rank
-            w[p + "ffn.s_emb.weight"] = randn(vocab_size, D * D, std=1.0)
+            # [V, D*D] per layer (1.6 GB in bf16 at 0.1B): cast now, not all in fp32 at the end
+            w[p + "ffn.s_emb.weight"] = randn(vocab_size, D * D, std=1.0).to(dtype)
             w[p + "ffn.s_emb_x.weight"] = randn(D * D, C, std=C ** -0.5)
             w[p + "ffn.s1"] = randn(C, D, std=C ** -0.5)
             w[p + "ffn.s2"] = randn(D, ffn, std=0.3 * D ** -1.0)
