@@ -176,6 +176,34 @@ def test_s_emb_stays_in_the_file_pages(ckpt_path, dtype):
         assert any(lo <= start < hi for lo, hi in ranges)
 
 
+def _mapped_pages(t: torch.Tensor) -> int:
+    """Pages wholly inside `t` that are mapped into this process (/proc/self/pagemap bit 63)."""
+    page = 4096
+    lo = -(-t.data_ptr() // page)
+    hi = (t.data_ptr() + t.numel() * t.element_size()) // page
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(lo * 8)
+        raw = f.read((hi - lo) * 8)
+    return sum(int.from_bytes(raw[i:i + 8], "little") >> 63 for i in range(0, len(raw), 8))
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="Linux only")
+def test_s_emb_pages_read_are_unmapped_again(ckpt_path):
+    from chatrwkv.models.v7_de import RELEASE_EVERY
+
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    tables = [p.s_emb for p in m.layers]
+    state = m.zero_state()
+    with torch.inference_mode():
+        m.forward(PROMPT, state)                      # sequence mode: released per layer
+        assert sum(map(_mapped_pages, tables)) == 0
+        m.forward(PROMPT[:1], state)                  # a one-token step maps its rows ...
+        assert sum(map(_mapped_pages, tables)) > 0
+        for t in PROMPT[1:RELEASE_EVERY]:             # ... until every RELEASE_EVERY steps
+            m.forward([t], state)
+        assert sum(map(_mapped_pages, tables)) == 0
+
+
 def test_gradients_reach_every_checkpoint_tensor():
     w = make_weights("7.0a", n_layer=2, n_embd=64, vocab_size=50, head_size=32,
                      dtype=torch.float32)

@@ -31,7 +31,13 @@ from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
-from .v7_de import DEEP_EMBED_KEY, deep_embed_rank, deep_embed_rows, deep_embed_scale
+from .v7_de import (
+    DEEP_EMBED_KEY,
+    DeepEmbedPages,
+    deep_embed_rank,
+    deep_embed_rows,
+    deep_embed_scale,
+)
 
 Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
 
@@ -287,6 +293,8 @@ class RWKV7(RWKVModel):
         self.ln0_b = vec("blocks.0.ln0.bias", torch.float32)
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = big("head.weight", (cfg.vocab_size, C))
+        self._de_pages = DeepEmbedPages(ckpt.path, [p.s_emb for p in self.layers]) \
+            if cfg.d_embed else None
         # Newer official files carry a layer-0 value LoRA that the model never uses.
         ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
 
@@ -307,6 +315,8 @@ class RWKV7(RWKVModel):
             raise ValueError("forward needs at least one token")
         if len(tokens) == 1:
             logits = self._forward_one(int(tokens[0]), state)
+            if self._de_pages is not None:
+                self._de_pages.stepped()
             return logits.unsqueeze(0) if full_output else logits
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(1, -1)
         batch = WKVState(**{k: t.unsqueeze(1) for k, t in state.tensors().items()})
@@ -349,8 +359,11 @@ class RWKV7(RWKVModel):
             att_x.append(xx[:, -1])
             wkv.append(S)
             xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
-            scale = None if p.s_emb is None else \
-                deep_embed_scale(p, xx, deep_embed_rows(p, tokens, x0, _mm))
+            scale = None
+            if p.s_emb is not None:
+                scale = deep_embed_scale(p, xx, deep_embed_rows(p, tokens, x0, _mm))
+                if self._de_pages is not None:
+                    self._de_pages.release(p.s_emb)
             x = x + _channel_mix_seq(p, xx, state.ffn_x[i], scale)
             ffn_x.append(xx[:, -1])
         new_state = WKVState(att_x=torch.stack(att_x).float(), wkv=torch.stack(wkv),
