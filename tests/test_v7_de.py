@@ -281,6 +281,24 @@ def test_cli_chats_on_a_deep_embed_checkpoint(tmp_path):
     assert out.stdout.strip() and "Traceback" not in out.stderr
 
 
+def test_bench_reference_runs_the_package_with_deep_embed(ckpt_path, capsys):
+    # `chatrwkv bench --reference` on a DeepEmbed file: the package's worker gets
+    # RWKV_DE_VERSION=1, so both engines decode the same greedy tokens.
+    import json
+
+    from chatrwkv import bench
+
+    rc = bench.main([str(ckpt_path), "--json", "--reference", "--dtype", "fp32", "--prompt-len",
+                     "16", "--decode-tokens", "6", "--runs", "1", "--threads", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    (model,) = report["models"]
+    assert model["version"] == "7.0a"
+    ours, ref = model["results"]
+    assert ours["vs_reference"]["greedy_tokens_agree"] == 6
+    assert ours["decode_ids"] == ref["decode_ids"]
+
+
 # --- the C one-token step ------------------------------------------------------------------------
 
 # Odd sizes and more layers than one C phase takes (CK_MAX_TASKS = 8 s_emb_x products), a rank
