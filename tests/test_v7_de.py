@@ -343,6 +343,19 @@ def test_c_step_int8_equals_dequantized_twin(c_ckpt, simd):
     assert m8._c_step is not None
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,tol", [("fp16", 0.1), ("bf16", 0.3)])  # as test_v7.py
+def test_cuda_close_to_cpu_fp32(ckpt_path, model, dtype, tol):
+    expect, _ = _run(model, PROMPT)
+    m = load_model(ckpt_path, device="cuda", dtype=dtype)
+    assert m.layers[0].s_emb.device.type == "cpu"  # the tables stay in the file; rows move
+    for one_by_one in (False, True):
+        logits, state = _run(m, PROMPT, one_by_one=one_by_one)
+        assert state.wkv.dtype == torch.float32
+        assert (logits.cpu() - expect).abs().max().item() < tol
+
+
 # --- layouts refused by name --------------------------------------------------------------------
 
 def _dea_extra(C: int, V: int) -> dict[str, torch.Tensor]:
