@@ -66,6 +66,13 @@ class ChatEngine:
     def weight_bytes(self) -> int:
         return tensor_bytes(self.model)
 
+    def decode_bytes(self) -> int:
+        """Bytes one decode step reads: every weight but the embedding table, and one row."""
+        emb = getattr(self.model, "emb", None)
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
+            return self.weight_bytes()
+        return self.weight_bytes() - tensor_bytes(emb) + emb[0].numel() * emb.element_size()
+
     def describe(self) -> str:
         return self.model.describe()
 
@@ -193,6 +200,8 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
            "load_s": load_s, "weight_bytes": engine.weight_bytes(), "state_bytes": state_bytes,
            "rss_baseline_bytes": baseline, "rss_load_peak_bytes": load_peak,
            "rss_peak_bytes": _memory("VmHWM"), **result}
+    if hasattr(engine, "decode_bytes"):
+        out["decode_bytes"] = engine.decode_bytes()
     if engine.device == "cuda":
         out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     out_path.write_text(json.dumps(out))
