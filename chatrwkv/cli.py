@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8", "int4"],
                    help="weight precision (default: fp32 on CPU, fp16 on CUDA; int8: 8-bit "
                    "weights with per-channel scales, CPU only, v4 and v7; int4: 4-bit weights "
-                   "with a scale per 64, CPU only, v4 and v7)")
+                   "with a scale per 32, CPU only, v4 and v7)")
     m.add_argument("--chunk-len", type=_positive_int, default=256, metavar="N",
                    help="tokens per parallel prefill chunk (default 256)")
     m.add_argument("--tokenizer", metavar="PATH",

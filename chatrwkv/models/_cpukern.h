@@ -146,9 +146,25 @@ static float ck_dot_i4_from(const uint8_t *w, const uint16_t *gs, int group, con
     return s;
 }
 
+/* Whole blocks word by word (one scale per 16 weights: groups are multiples of 16), then the
+ * tail weight by weight. */
 static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, const float *x,
                               int n) {
-    return ck_dot_i4_from(w, gs, group, x, 0, n);
+    float s = 0;
+    int nb = n / CK_I4_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = w + (size_t)b * 64;
+        for (int j = 0; j < 8; j++) {
+            int e = b * CK_I4_BLOCK + 16 * j;
+            float d = ck_f16_to_f32(gs[e / group]), acc = 0;
+            for (int i = 0; i < 16; i++) {
+                uint8_t byte = q[4 * i + j / 2];
+                acc += (float)(((j & 1) ? byte >> 4 : byte & 15) - 8) * d * x[e + i];
+            }
+            s += acc;
+        }
+    }
+    return s + ck_dot_i4_from(w, gs, group, x, nb * CK_I4_BLOCK, n);
 }
 
 #if CK_X86
