@@ -191,6 +191,17 @@ def test_int4_quantization_error_and_zero_rows():
 
 
 @needs_quantcpu
+def test_int4_c_quantizer_equals_the_torch_twin():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(70, 300, generator=g) * torch.rand(70, 1, generator=g) * 0.1
+    w[:, 7] *= 40  # an outlier column: groups whose scale the search shrinks
+    packed, scales = quantize_int4(w)  # C, rows in blocks over threads
+    codes, twin_scales = quant._quantize_groups(w, INT4_GROUP)
+    assert torch.equal(scales, twin_scales)
+    assert torch.equal(packed, pack_int4(codes))
+
+
+@needs_quantcpu
 @pytest.mark.parametrize("shape", [(96, 72), (50, 300), (64, 256)])
 def test_int4_c_kernels_at_every_level_equal_the_twin(shape):
     g = torch.Generator().manual_seed(2)

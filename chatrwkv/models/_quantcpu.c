@@ -43,7 +43,25 @@ static PyObject *py_dequant(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* quantize(w address, rows, n, group, packed address, scales address): fp32 [rows, n] ->
+ * packed int4 rows and fp16 group scales (quant.py's layout and search). */
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    unsigned long long w, packed, scales;
+    int rows, n, group;
+    if (!PyArg_ParseTuple(args, "KiiiKK", &w, &rows, &n, &group, &packed, &scales)) return NULL;
+    if (rows < 0 || n < 1 || group < 16 || group % 16 || group > 1024) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or group for int4");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ck_i4_quantize_rows((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
+                        (uint16_t *)(uintptr_t)scales);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
     {"set_simd", ck_py_set_simd, METH_VARARGS,
