@@ -16,6 +16,7 @@ activations: exactly `reference`, at ~2.5x fbgemm's per-token speed (no per-call
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -234,6 +235,7 @@ CK_INT4 = 3  # _cpukern.h's CK_I4
 DEQUANT_BLOCK_ELEMS = 1 << 21  # weights per dequantized block in the sequence path (4 MiB bf16)
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether oneDNN multiplies bf16 natively here (AVX512-BF16 or AMX)."""
     try:
