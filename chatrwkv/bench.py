@@ -222,7 +222,7 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
     from rich.text import Text
 
     file = file or sys.stdout
-    console = Console(file=file, highlight=False, width=None if file.isatty() else 132)
+    console = Console(file=file, highlight=False, width=None if file.isatty() else 150)
     p, m = report["protocol"], report["machine"]
     table = Table(title="chatrwkv bench", caption=(
         f"prefill: {p['prompt_len']} random tokens; decode: {p['decode_tokens']} greedy tokens; "
