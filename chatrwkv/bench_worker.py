@@ -67,17 +67,19 @@ class ChatEngine:
         return tensor_bytes(self.model)
 
     def decode_bytes(self) -> int:
-        """Bytes one decode step reads: every weight but the embedding table, and one row."""
+        """Bytes one decode step reads: every weight tensor but the embedding table, and one
+        row (not fbgemm's packed int8 copies: only the sequence path reads those)."""
+        total = tensor_bytes(self.model, opaque=False)
         emb = getattr(self.model, "emb", None)
         if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
-            return self.weight_bytes()
-        return self.weight_bytes() - tensor_bytes(emb) + emb[0].numel() * emb.element_size()
+            return total
+        return total - tensor_bytes(emb) + emb[0].numel() * emb.element_size()
 
     def describe(self) -> str:
         return self.model.describe()
 
 
-def tensor_bytes(root: object) -> int:
+def tensor_bytes(root: object, opaque: bool = True) -> int:
     """Bytes of the tensors reachable from `root` through containers, dataclasses and chatrwkv
     objects: what a loaded model holds, in whatever dtype. Overlapping tensors (views of one
     storage, matrices carved from one arena) count once, and only the bytes they cover."""
@@ -103,7 +105,7 @@ def tensor_bytes(root: object) -> int:
         elif type(obj).__module__.startswith("chatrwkv") and hasattr(obj, "__dict__"):
             todo.extend(vars(obj).values())
             # Weights held outside tensors (fbgemm's packed int8 matrices) report their size.
-            total += getattr(obj, "opaque_nbytes", 0)
+            total += getattr(obj, "opaque_nbytes", 0) if opaque else 0
     end = 0
     for lo, hi in sorted(spans):  # the union of the byte ranges
         total += max(0, hi - max(lo, end))
