@@ -19,4 +19,7 @@ setup(ext_modules=[
     Extension("chatrwkv.models._v4cpu", sources=["chatrwkv/models/_v4cpu.c"],
               depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
+    Extension("chatrwkv.models._quantcpu", sources=["chatrwkv/models/_quantcpu.c"],
+              depends=CPU_DEPENDS, extra_compile_args=C_FLAGS + ["-Wno-unused-function"],
+              extra_link_args=["-pthread"], optional=True),
 ])

@@ -162,6 +162,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "runs": args.runs, "threads": args.threads, "seed": args.seed,
                 "warmup": "one untimed prefill of the prompt and two decode steps"}
     report: dict[str, Any] = {"machine": _machine(device), "protocol": protocol, "models": []}
+    if device.type == "cpu":
+        from .membw import read_bandwidth
+
+        _progress("memory read bandwidth")
+        torch.set_num_threads(args.threads)
+        report["machine"]["read_bytes_s"] = read_bandwidth()
     for spec in args.models:
         facts = _model_facts(_resolve(spec))
         gen = torch.Generator().manual_seed(args.seed)
@@ -216,18 +222,19 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
     from rich.text import Text
 
     file = file or sys.stdout
-    console = Console(file=file, highlight=False, width=None if file.isatty() else 132)
+    console = Console(file=file, highlight=False, width=None if file.isatty() else 150)
     p, m = report["protocol"], report["machine"]
     table = Table(title="chatrwkv bench", caption=(
         f"prefill: {p['prompt_len']} random tokens; decode: {p['decode_tokens']} greedy tokens; "
         f"tok/s as median (min-max) of {p['runs']} run(s) after a warm-up; "
         f"{p['threads']} thread(s); {m.get('gpu') or m['cpu']}; torch {m['torch']}; RSS/w: peak "
-        "RSS / weight bytes; own/w: (peak RSS - RSS before loading) / weight bytes"))
+        "RSS / weight bytes; own/w: (peak RSS - RSS before loading) / weight bytes"
+        + _bandwidth_caption(m)))
     versus = Table(title="chatrwkv / official (speed: higher is better; load, RSS: lower)")
     # RSS/w counts the interpreter and torch (~220 MiB here) too; own/w leaves out what the
     # process held before loading: the engine's own share.
     for name in ("model", "engine", "load s", "weights MiB", "peak RSS MiB", "RSS/w", "own/w",
-                 "prefill tok/s", "decode tok/s", "state KiB"):
+                 "prefill tok/s", "decode tok/s", "decode/bw", "state KiB"):
         table.add_column(name, justify="left" if name in ("model", "engine") else "right")
     for name in ("model", "engine", "prefill", "decode", "load time", "peak RSS",
                  "greedy tokens agree"):
@@ -248,7 +255,7 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
             table.add_row(name, r["label"], f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
                           f"{r['rss_peak_bytes'] / weights:.2f}", f"{own / weights:.2f}",
                           _speed(r["prefill_tok_s"]), _speed(r["decode_tok_s"]),
-                          f"{r['state_bytes'] / 1024:.0f}")
+                          _bandwidth_ratio(r, m), f"{r['state_bytes'] / 1024:.0f}")
             if (vs := r.get("vs_reference")) is not None:
                 versus.add_row(name, r["label"], *(_times(vs[k]) for k in (
                     "prefill_x", "decode_x", "load_time_x", "rss_peak_x")),
@@ -258,6 +265,22 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
         console.print(versus)
     for line in errors:
         console.print(Text(line, style="red"), soft_wrap=True)
+
+
+def _bandwidth_caption(machine: dict[str, Any]) -> str:
+    bw = machine.get("read_bytes_s")
+    if not bw:
+        return ""
+    return (f"; decode/bw: decode tok/s / (memory read {bw / 1e9:.1f} GB/s / bytes a token "
+            "reads)")
+
+
+def _bandwidth_ratio(r: dict[str, Any], machine: dict[str, Any]) -> str:
+    """Decode speed as a fraction of what the measured bandwidth allows for its bytes."""
+    bw, nbytes = machine.get("read_bytes_s"), r.get("decode_bytes")
+    if not bw or not nbytes:
+        return "-"
+    return f"{r['decode_tok_s']['median'] / (bw / nbytes):.2f}"
 
 
 def _times(x: float | None) -> str:

@@ -66,11 +66,20 @@ class ChatEngine:
     def weight_bytes(self) -> int:
         return tensor_bytes(self.model)
 
+    def decode_bytes(self) -> int:
+        """Bytes one decode step reads: every weight tensor but the embedding table, and one
+        row (not fbgemm's packed int8 copies: only the sequence path reads those)."""
+        total = tensor_bytes(self.model, opaque=False)
+        emb = getattr(self.model, "emb", None)
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
+            return total
+        return total - tensor_bytes(emb) + emb[0].numel() * emb.element_size()
+
     def describe(self) -> str:
         return self.model.describe()
 
 
-def tensor_bytes(root: object) -> int:
+def tensor_bytes(root: object, opaque: bool = True) -> int:
     """Bytes of the tensors reachable from `root` through containers, dataclasses and chatrwkv
     objects: what a loaded model holds, in whatever dtype. Overlapping tensors (views of one
     storage, matrices carved from one arena) count once, and only the bytes they cover."""
@@ -96,7 +105,7 @@ def tensor_bytes(root: object) -> int:
         elif type(obj).__module__.startswith("chatrwkv") and hasattr(obj, "__dict__"):
             todo.extend(vars(obj).values())
             # Weights held outside tensors (fbgemm's packed int8 matrices) report their size.
-            total += getattr(obj, "opaque_nbytes", 0)
+            total += getattr(obj, "opaque_nbytes", 0) if opaque else 0
     end = 0
     for lo, hi in sorted(spans):  # the union of the byte ranges
         total += max(0, hi - max(lo, end))
@@ -193,6 +202,8 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
            "load_s": load_s, "weight_bytes": engine.weight_bytes(), "state_bytes": state_bytes,
            "rss_baseline_bytes": baseline, "rss_load_peak_bytes": load_peak,
            "rss_peak_bytes": _memory("VmHWM"), **result}
+    if hasattr(engine, "decode_bytes"):
+        out["decode_bytes"] = engine.decode_bytes()
     if engine.device == "cuda":
         out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     out_path.write_text(json.dumps(out))

@@ -7,15 +7,18 @@ from types import ModuleType
 import pytest
 import torch
 
+ISA_LEVELS = {"scalar": 0, "avx2": 1, "avx512": 2}  # _cpukern.h's CK_ISA_*
+
 
 def simd_fixture(glue: ModuleType):
-    """A fixture running a test with the AVX2 kernels and with the scalar twins of `glue`."""
+    """A fixture running a test with each instruction set's kernels of `glue` that this CPU
+    can run (AVX-512, AVX2) and with the scalar twins."""
 
-    @pytest.fixture(params=[True, False], ids=["simd", "scalar"])
+    @pytest.fixture(params=sorted(ISA_LEVELS.values()), ids=sorted(ISA_LEVELS, key=ISA_LEVELS.get))
     def simd(request):
         used = glue.use_simd(request.param)
-        if request.param and not used:
-            pytest.skip("this CPU has no AVX2")
+        if used != request.param:
+            pytest.skip(f"this CPU cannot run level {request.param} kernels")
         yield used
         glue.use_simd(True)
 

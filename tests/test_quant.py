@@ -10,9 +10,19 @@ import pytest
 import torch
 
 from chatrwkv.errors import ChatRWKVError
-from chatrwkv.models import load_model
+from chatrwkv.models import load_model, quant
 from chatrwkv.models.base import resolve_dtype
-from chatrwkv.models.quant import Int8Linear, fbgemm_available, quantize_rows
+from chatrwkv.models.quant import (
+    INT4_GROUP,
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    fbgemm_available,
+    pack_int4,
+    quantize_int4,
+    quantize_rows,
+    unpack_int4,
+)
 from chatrwkv.synth import write_checkpoint
 
 needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="torch built without fbgemm")
@@ -145,3 +155,107 @@ def test_released_checkpoint_pages_read_back_unchanged(tmp_path):
     kept = in_memory.clone()
     releaser.release(in_memory, kept)  # not in the file's mapping: left alone
     assert torch.equal(in_memory, kept)
+
+
+# --- 4-bit weights (quant.py's int4, _quantcpu.c) ------------------------------------------------
+
+needs_quantcpu = pytest.mark.skipif(quant._quantcpu is None, reason="C extension not built")
+# int4 vs fp32 logits of the tiny random models: Gaussian weights quantize with ~9% relative
+# error (trained weights far less); measured max abs deviation ~0.5-1.0 over the prompt.
+INT4_TOL = 2.0
+INT4_SEQ_VS_RNN_TOL = 0.1  # bf16 activations in the sequence path (measured ~0.02)
+
+
+def test_int4_packing_puts_weight_16j_plus_i_in_nibble_j_of_word_i():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (3, 300), generator=g, dtype=torch.uint8)
+    packed = pack_int4(codes)
+    assert packed.shape == (3, 3 * 64)  # 300 weights: two full blocks and a padded one
+    assert torch.equal(unpack_int4(packed, 300), codes)
+    words = packed.view(torch.int32)  # little-endian words of 4 bytes
+    for e in (0, 1, 15, 16, 37, 127, 128, 255, 299):
+        b, k = divmod(e, 128)
+        word = int(words[1, b * 16 + k % 16]) & 0xFFFFFFFF
+        assert (word >> (4 * (k // 16))) & 15 == codes[1, e]
+    assert (unpack_int4(packed, 384)[:, 300:] == 8).all()  # padding is the code of 0
+
+
+def test_int4_quantization_error_and_zero_rows():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 200, generator=g) * torch.rand(40, 1, generator=g)
+    w[3] = 0
+    packed, scales = quantize_int4(w)
+    assert scales.dtype == torch.float16 and scales.shape == (40, -(-200 // INT4_GROUP))
+    deq = dequantize_int4(packed, scales, 200)
+    assert torch.equal(deq[3], torch.zeros(200))
+    # Within half a step d of its code, or clipped: the codes reach 7 d >= 0.7 max|w| of the
+    # group (the search shrinks d = max|w| / 8 by at most 0.8), so clipping costs < 3 d.
+    step = scales.float().abs().repeat_interleave(INT4_GROUP, 1)[:, :200]
+    assert ((deq - w).abs() <= 3 * step + 1e-6).all()
+    assert (deq - w).abs().le(step / 2 + 1e-6).float().mean().item() > 0.95
+    assert ((deq - w).norm() / w.norm()).item() < 0.12
+
+
+@needs_quantcpu
+def test_int4_c_quantizer_equals_the_torch_twin():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(70, 300, generator=g) * torch.rand(70, 1, generator=g) * 0.1
+    w[:, 7] *= 40  # an outlier column: groups whose scale the search shrinks
+    packed, scales = quantize_int4(w)  # C, rows in blocks over threads
+    codes, twin_scales = quant._quantize_groups(w, INT4_GROUP)
+    assert torch.equal(scales, twin_scales)
+    assert torch.equal(packed, pack_int4(codes))
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("shape", [(96, 72), (50, 300), (64, 256)])
+def test_int4_c_kernels_at_every_level_equal_the_twin(shape):
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(*shape, generator=g), torch.randn(shape[1], generator=g)
+    lin = Int4Linear(w)
+    deq = lin.dequantize()
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) != level:
+                continue  # this CPU cannot run that level
+            assert (lin(x) - deq @ x).abs().max().item() < 1e-4
+            assert torch.equal(lin._block(0, shape[0], torch.float32), deq)
+            assert torch.equal(lin._block(3, 9, torch.bfloat16), deq[3:9].bfloat16())
+    finally:
+        quant._quantcpu.set_simd(True)
+
+
+def test_int4_sequence_product_close_to_twin():
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(300, 160, generator=g) * 0.05, torch.randn(7, 160, generator=g)
+    lin = Int4Linear(w)
+    fast, twin = lin(x), lin.reference(x)
+    assert fast.shape == (7, 300) and _rel(fast, twin) < 0.01  # bf16 activations at most
+    lin.use_c = False  # the torch twin of the C parts: the same products
+    assert _rel(lin(x), twin) < 0.01 and _rel(lin(x[0]), twin[0]) < 1e-5
+
+
+@pytest.mark.parametrize("version,dims", [
+    ("7.0", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
+    ("4", {"n_layer": 2, "n_embd": 64, "vocab_size": 500}),
+])
+def test_int4_model_close_to_fp32(tmp_path, version, dims):
+    path = write_checkpoint(tmp_path / "m.pth", version, seed=5, **dims)
+    fp32, int4 = load_model(path, "cpu", "fp32"), load_model(path, "cpu", "int4")
+    assert int4.dtype_name == "int4" and "int4" in int4.describe()
+    ref, _ = _logits(fp32, PROMPT, one_by_one=True)
+    rnn, _ = _logits(int4, PROMPT, one_by_one=True)
+    seq, _ = _logits(int4, PROMPT, one_by_one=False)
+    assert torch.isfinite(rnn).all() and (rnn - ref).abs().max().item() < INT4_TOL
+    assert (seq - rnn).abs().max().item() < INT4_SEQ_VS_RNN_TOL
+    # random weights, ~9% error each: most greedy tokens still agree with fp32
+    assert (rnn.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.5
+
+
+def test_int4_refused_where_not_implemented(tmp_path):
+    with pytest.raises(ChatRWKVError, match="CPU-only"):
+        resolve_dtype("int4", torch.device("cuda"))
+    path = write_checkpoint(tmp_path / "v5.pth", "5.2", seed=1, n_layer=1, n_embd=64,
+                            vocab_size=50, head_size=32)
+    with pytest.raises(ChatRWKVError, match="int4 is not implemented"):
+        load_model(path, "cpu", "int4")

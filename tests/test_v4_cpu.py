@@ -10,7 +10,7 @@ import torch
 
 from chatrwkv.checkpoint import Checkpoint
 from chatrwkv.models import load_model, v4_cpu
-from chatrwkv.models.quant import Int8Linear
+from chatrwkv.models.quant import Int4Linear, Int8Linear
 from chatrwkv.models.v4 import RWKV4
 from chatrwkv.synth import write_checkpoint
 from tests.cpu_step_helpers import compare, dev, fast, simd_fixture, steps
@@ -37,14 +37,15 @@ simd = simd_fixture(v4_cpu)
 
 
 def _fp32_twin(path, model):
-    """An fp32 model holding exactly `model`'s weights (the synth file is bf16; int8 matrices
-    are dequantized), so that only the order of sums differs from the C step."""
+    """An fp32 model holding exactly `model`'s weights (the synth file is bf16; int8 and int4
+    matrices are dequantized), so that only the order of sums differs from the C step."""
     twin = load_model(path, device="cpu", dtype="fp32")
+    quantized = (Int8Linear, Int4Linear)
     twin.layers = tuple(
         w._replace(**{n: getattr(q, n).dequantize() for n in MATS
-                      if isinstance(getattr(q, n), Int8Linear)})
+                      if isinstance(getattr(q, n), quantized)})
         for w, q in zip(twin.layers, model.layers))
-    if isinstance(model.head, Int8Linear):
+    if isinstance(model.head, quantized):
         twin.head = model.head.dequantize()
     twin.emb = model.emb
     return twin
@@ -73,6 +74,15 @@ def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
     twin = _fp32_twin(ckpt_path, m8)
     compare(fast(m8), twin._forward_one_torch, m8, twin, TOKENS, SAME_TOL)
     assert m8._c_step is not None
+
+
+
+def test_int4_step_equals_dequantized_twin(ckpt_path, simd):
+    m4 = load_model(ckpt_path, device="cpu", dtype="int4")
+    assert isinstance(m4.layers[0].ffn_key, Int4Linear) and isinstance(m4.head, Int4Linear)
+    twin = _fp32_twin(ckpt_path, m4)
+    compare(fast(m4), twin._forward_one_torch, m4, twin, TOKENS, SAME_TOL)
+    assert m4._c_step is not None
 
 
 @pytest.mark.parametrize("emb_dtype", [torch.float32, torch.float16])

@@ -58,6 +58,17 @@ def test_int8_step_equals_dequantized_twin(ckpt_path, simd):
     compare(fast(m8), twin._forward_one_torch, m8, twin, TOKENS, SAME_TOL)
 
 
+def test_int4_step_equals_dequantized_twin(ckpt_path, simd):
+    m4 = load_model(ckpt_path, device="cpu", dtype="int4")
+    twin = load_model(ckpt_path, device="cpu", dtype="fp32")
+    big = ("R", "K", "V", "O", "ffn_K", "ffn_V")
+    twin.layers = tuple(dataclasses.replace(p, **{n: getattr(q, n).dequantize() for n in big})
+                        for p, q in zip(twin.layers, m4.layers))
+    twin.head = m4.head.dequantize()
+    compare(fast(m4), twin._forward_one_torch, m4, twin, TOKENS, SAME_TOL)
+    assert m4._c_step is not None
+
+
 def test_thread_counts_give_identical_results(ckpt_path):
     # Every output element is one thread's dot product, whichever thread takes its chunk.
     m = load_model(ckpt_path, device="cpu", dtype="fp32")

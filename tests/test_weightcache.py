@@ -186,3 +186,19 @@ def test_writer_streams_aligned_tensors_that_safetensors_reads_back(tmp_path):
         small.add("x", torch.zeros(1))
         small.close()
     assert not (tmp_path / "s.safetensors").exists()
+
+
+@pytest.mark.parametrize("version,dims", [V7, ("4", {"n_layer": 2, "n_embd": 64,
+                                                     "vocab_size": 300})], ids=["v7", "v4"])
+def test_int4_second_load_restores_packed_rows_and_gives_identical_logits(
+        version, dims, tmp_path, monkeypatch):
+    path = write_checkpoint(tmp_path / "model.pth", version, seed=3, **dims)
+    first = _logits(load_model(path, "cpu", "int4"))
+    files = cache_files()
+    assert len(files) == 1 and ".int4." in files[0].name
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantized although the cache should have served")
+    monkeypatch.setattr(quant, "quantize_int4", refuse)
+    second = _logits(load_model(path, "cpu", "int4"))
+    assert torch.equal(first, second)

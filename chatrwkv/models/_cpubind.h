@@ -9,15 +9,21 @@
 #ifndef CHATRWKV_CPUBIND_H
 #define CHATRWKV_CPUBIND_H
 
-/* (address, scale address, dtype, out, in): a sane dtype, positive shape, int8 with scales. */
-static int ck_parse_mat(PyObject *o, CkMat *m) {
+/* (address, scale address, dtype, out, in[, group]): a sane dtype, positive shape, int8 with
+ * per-row fp32 scales, int4 with fp16 group scales (the scale address) and a group of a
+ * multiple of 16 weights. */
+static inline int ck_parse_mat(PyObject *o, CkMat *m) {
     memset(m, 0, sizeof *m);
     unsigned long long w, scale;
-    if (!PyArg_ParseTuple(o, "KKiii", &w, &scale, &m->dtype, &m->out, &m->in)) return 0;
+    m->group = 0;
+    if (!PyArg_ParseTuple(o, "KKiii|i", &w, &scale, &m->dtype, &m->out, &m->in, &m->group))
+        return 0;
     m->w = (const void *)(uintptr_t)w;
-    m->scale = (const float *)(uintptr_t)scale;
-    if (m->dtype < CK_F32 || m->dtype > CK_I8 || m->out < 1 || m->in < 1 ||
-        (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20)) {
+    if (m->dtype == CK_I4) m->gscale = (const uint16_t *)(uintptr_t)scale;
+    else m->scale = (const float *)(uintptr_t)scale;
+    if (m->dtype < CK_F32 || m->dtype > CK_I4 || m->out < 1 || m->in < 1 ||
+        (m->dtype == CK_I8 && m->scale == NULL) || m->out >= (1 << 20) ||
+        (m->dtype == CK_I4 && (m->gscale == NULL || m->group < 16 || m->group % 16))) {
         PyErr_SetString(PyExc_ValueError, "bad matrix description");
         return 0;
     }
@@ -25,12 +31,12 @@ static int ck_parse_mat(PyObject *o, CkMat *m) {
 }
 
 /* The fp32 vector whose address is item i of a tuple (sets an error on a bad item). */
-static const float *ck_addr(PyObject *tuple, Py_ssize_t i) {
+static inline const float *ck_addr(PyObject *tuple, Py_ssize_t i) {
     return (const float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(tuple, i));
 }
 
 /* Stops the pool if it runs and frees a model's layers, scratch and the model itself. */
-static void ck_free_model(CkPool *pool, void *layers, void *buf, void *model) {
+static inline void ck_free_model(CkPool *pool, void *layers, void *buf, void *model) {
     if (pool->n_threads > 0) ck_pool_stop(pool);
     free(layers);
     free(buf);
@@ -38,7 +44,7 @@ static void ck_free_model(CkPool *pool, void *layers, void *buf, void *model) {
 }
 
 /* (model) as METH_VARARGS: the capsule's model, or NULL with an error set. */
-static void *ck_arg_model(PyObject *args, const char *capsule) {
+static inline void *ck_arg_model(PyObject *args, const char *capsule) {
     PyObject *cap;
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
     return PyCapsule_GetPointer(cap, capsule);
@@ -47,7 +53,7 @@ static void *ck_arg_model(PyObject *args, const char *capsule) {
 /* step(model, token, n_ptrs addresses...) as METH_FASTCALL: the model, the token and the
  * addresses, or NULL with an error set. The token is checked against the vocabulary with
  * ck_token_ok once the caller has the model. */
-static void *ck_step_args(PyObject *const *args, Py_ssize_t nargs, const char *capsule,
+static inline void *ck_step_args(PyObject *const *args, Py_ssize_t nargs, const char *capsule,
                           int n_ptrs, long *token, void **ptr) {
     if (nargs != 2 + n_ptrs) {
         PyErr_Format(PyExc_TypeError, "step takes %d arguments", 2 + n_ptrs);
@@ -60,19 +66,19 @@ static void *ck_step_args(PyObject *const *args, Py_ssize_t nargs, const char *c
     return PyErr_Occurred() ? NULL : m;
 }
 
-static int ck_token_ok(long token, int V) {
+static inline int ck_token_ok(long token, int V) {
     if (token >= 0 && token < V) return 1;
     PyErr_Format(PyExc_IndexError, "token %ld is outside the vocabulary (%d)", token, V);
     return 0;
 }
 
-/* set_simd(on): AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs. */
-static PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
-    int on;
-    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
-    ck_init();
-    if (!on) ck_use_avx2 = 0;
-    return PyBool_FromLong(ck_use_avx2);
+/* set_simd(level): the kernels of at most `level` (True: the best the CPU has, False or 0:
+ * the scalar twins, 1: AVX2, 2: AVX-512); returns the level that runs. */
+static inline PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
+    int level;
+    if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
+    return PyLong_FromLong(ck_set_isa(level == 1 && PyBool_Check(PyTuple_GET_ITEM(args, 0))
+                                          ? CK_ISA_AVX512 : level));
 }
 
 /* The method table both modules export: new_model, step (fastcall), threads, set_simd. */
@@ -82,7 +88,7 @@ static PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
         {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "Run one token."},          \
         {"threads", threads, METH_VARARGS, "Threads the model's pool runs."},                  \
         {"set_simd", ck_py_set_simd, METH_VARARGS,                                             \
-         "Use AVX2 where the CPU has it (True) or the scalar twins (False); returns what runs."}, \
+         "Kernels of at most this level (True: the best, False: scalar); returns what runs."}, \
         {NULL, NULL, 0, NULL},                                                                 \
     }
 

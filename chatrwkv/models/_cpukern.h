@@ -1,5 +1,6 @@
 /* CPU building blocks for the one-token (RNN mode) steps in C: a worker pool that runs
- * "phases" of independent chunks, and matrix-vector products for fp32, bf16 and int8 weights.
+ * "phases" of independent chunks, and matrix-vector products for fp32, bf16, int8 and int4
+ * weights, always with fp32 activations.
  *
  * Why not torch: decoding one token is ~60 matrix-vector products plus a few hundred tiny vector
  * ops. Measured on the 2-core development machine, torch streams fp32 weights at ~17 GB/s in a
@@ -11,8 +12,12 @@
  * descheduled thread from stalling the others.
  *
  * Weights are row-major [out, in] (torch's F.linear layout, and the checkpoint's own for
- * 16-bit files, which are then used in place). Every product has a scalar twin (no SIMD) that
- * runs where AVX2 is missing; both are tested against torch.
+ * 16-bit files, which are then used in place). Each product has an AVX-512 (F/BW/VL), an AVX2
+ * and a scalar kernel; the widest the CPU has runs, chosen at run time (ck_init), and tests run
+ * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
+ * block into 128 fp32 weights with 8 table lookups (vpermps), ~11 G weights/s on one core here,
+ * 2.8x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or 16-bit
+ * activations (torch's fbgemm and oneDNN use them in the sequence path).
  */
 #ifndef CHATRWKV_CPUKERN_H
 #define CHATRWKV_CPUKERN_H
@@ -33,18 +38,146 @@
 #define CK_PAUSE() ((void)0)
 #endif
 
-enum { CK_F32 = 0, CK_BF16 = 1, CK_I8 = 2 };
+enum { CK_F32 = 0, CK_BF16 = 1, CK_I8 = 2, CK_I4 = 3 };
 
 typedef struct {
-    const void *w;       /* [out, in] in `dtype` */
-    const float *scale;  /* [out] for int8, else NULL */
-    int dtype, out, in;
+    const void *w;            /* [out, in] in `dtype`; int4: packed rows (below) */
+    const float *scale;       /* [out] for int8, else NULL */
+    const uint16_t *gscale;   /* int4: fp16 [out, groups], one scale per `group` weights */
+    int dtype, out, in, group;
 } CkMat;
 
 /* What a product does with each output element y: store, or fold it into dst. */
 enum { EP_STORE = 0, EP_ADD, EP_TANH, EP_SIGMOID, EP_RELU_SQ };
 
-/* ---- one output row: the dot product of a weight row with x ---------------------------- */
+/* Instruction sets, each a superset of the one before: the kernels run the highest the CPU has
+ * (ck_init, at run time) or a lower one a test asks for (ck_set_isa). Every wide path is
+ * compiled with a target attribute, so the build itself assumes nothing beyond the compiler's
+ * default (x86-64: SSE2). */
+enum { CK_ISA_SCALAR = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
+static int ck_isa = CK_ISA_SCALAR, ck_isa_max = CK_ISA_SCALAR;
+static int ck_use_avx2 = 0;  /* ck_isa >= CK_ISA_AVX2: what the per-model WKV kernels test */
+
+/* int4 rows (quant.py): blocks of 128 weights in 64 bytes = 16 little-endian 32-bit words;
+ * nibble j of word i is code u of weight 16 j + i of the block; the weight is (u - 8) * d with
+ * d the fp16 scale of its group. */
+#define CK_I4_BLOCK 128
+
+static inline size_t ck_i4_row_bytes(int n) {
+    return (size_t)((n + CK_I4_BLOCK - 1) / CK_I4_BLOCK) * (CK_I4_BLOCK / 2);
+}
+
+static inline int ck_i4_groups(int n, int group) { return (n + group - 1) / group; }
+
+static inline int ck_i4_code(const uint8_t *row, int e) {
+    int k = e % CK_I4_BLOCK, j = k / 16, i = k % 16;
+    uint8_t b = row[(size_t)(e / CK_I4_BLOCK) * 64 + 4 * i + j / 2];
+    return (j & 1) ? b >> 4 : b & 15;
+}
+
+/* ---- conversions ---------------------------------------------------------------------------- */
+
+static inline float ck_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float ck_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F, man = h & 0x3FF, u;
+    float f;
+    if (e == 0) {  /* zero or subnormal: man * 2^-24, exact in fp32 */
+        f = ldexpf((float)man, -24);
+        memcpy(&u, &f, 4);
+        u |= sign;
+    } else if (e == 31) {
+        u = sign | 0x7F800000u | (man << 13);
+    } else {
+        u = sign | ((e + 112) << 23) | (man << 13);
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* fp32 -> fp16, round to nearest even (as torch's .to(torch.float16)). */
+static inline uint16_t ck_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7FFFFFFF;
+    if (ax >= 0x7F800000) return (uint16_t)(sign | 0x7C00 | (ax > 0x7F800000 ? 0x200 : 0));
+    if (ax >= 0x477FF000) return (uint16_t)(sign | 0x7C00);  /* rounds past 65504: inf */
+    if (ax < 0x38800000) {  /* below 2^-14: a subnormal step of 2^-24 (1024 steps: the least
+                               normal, whose encoding is the same bits) */
+        float v;
+        memcpy(&v, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(v * 16777216.0f));
+    }
+    uint32_t r = ax - 0x38000000;  /* exponent bias 127 -> 15 */
+    return (uint16_t)(sign | ((r + 0xFFF + ((r >> 13) & 1)) >> 13));
+}
+
+/* fp32 -> bf16, round to nearest even (as torch's .to(torch.bfloat16); no NaN inputs here). */
+static inline uint16_t ck_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* ---- int4 quantization (the C twin of quant.py's _quantize_groups) ------------------------- */
+
+/* Shrinkings of max|w| / 8 tried for each group's scale (quant.py's SCALE_SEARCH). */
+static const float ck_i4_search[] = {1.0f, 0.975f, 0.95f, 0.925f, 0.9f, 0.875f, 0.85f, 0.8f,
+                                     1.05f};
+
+/* Rows of fp32 weights [rows, n] -> packed int4 rows and fp16 scales [rows, groups]: per group
+ * the scale d among peak * -f / 8 (peak: the signed largest |w|, d rounded to fp16) with the
+ * least squared error, codes u = clamp(round(w / d) + 8, 0, 15). */
+static inline void ck_i4_quantize_rows(const float *w, int rows, int n, int group, uint8_t *packed,
+                                uint16_t *scales) {
+    int ng = ck_i4_groups(n, group);
+    size_t rb = ck_i4_row_bytes(n);
+    uint8_t codes[1024];  /* one group (group <= 1024) */
+    uint8_t best[1024];
+    for (int r = 0; r < rows; r++) {
+        const float *wr = w + (size_t)r * n;
+        uint8_t *pr = packed + (size_t)r * rb;
+        memset(pr, 0x88, rb);  /* code 8 (weight 0) everywhere, padding included */
+        for (int g = 0; g < ng; g++) {
+            int e0 = g * group, len = n - e0 < group ? n - e0 : group;
+            float peak = 0;
+            for (int i = 0; i < len; i++)
+                if (fabsf(wr[e0 + i]) > fabsf(peak)) peak = wr[e0 + i];
+            float best_err = INFINITY;
+            uint16_t best_d = 0;
+            for (size_t c = 0; c < sizeof ck_i4_search / sizeof *ck_i4_search; c++) {
+                uint16_t dh = ck_f32_to_f16(peak * (-ck_i4_search[c] / 8.0f));
+                float d = ck_f16_to_f32(dh), inv = d != 0 ? 1.0f / d : 0.0f, err = 0;
+                for (int i = 0; i < len; i++) {
+                    float u = nearbyintf(wr[e0 + i] * inv) + 8.0f;
+                    u = u < 0 ? 0 : u > 15 ? 15 : u;
+                    codes[i] = (uint8_t)u;
+                    float diff = (u - 8.0f) * d - wr[e0 + i];
+                    err += diff * diff;
+                }
+                if (err < best_err) {
+                    best_err = err;
+                    best_d = dh;
+                    memcpy(best, codes, len);
+                }
+            }
+            scales[(size_t)r * ng + g] = best_d;
+            for (int i = 0; i < len; i++) {
+                int e = e0 + i, k = e % CK_I4_BLOCK, j = k / 16;
+                uint8_t *byte = pr + (size_t)(e / CK_I4_BLOCK) * 64 + 4 * (k % 16) + j / 2;
+                *byte = (j & 1) ? (uint8_t)((*byte & 0x0F) | (best[i] << 4))
+                                : (uint8_t)((*byte & 0xF0) | best[i]);
+            }
+        }
+    }
+}
+
+/* ---- one output row: the dot product of a weight row with x: the scalar twins -------------- */
 
 static float ck_dot_f32_scalar(const float *w, const float *x, int n) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -55,13 +188,6 @@ static float ck_dot_f32_scalar(const float *w, const float *x, int n) {
     }
     for (; i < n; i++) s0 += w[i] * x[i];
     return (s0 + s1) + (s2 + s3);
-}
-
-static inline float ck_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 static float ck_dot_bf16_scalar(const uint16_t *w, const float *x, int n) {
@@ -86,8 +212,41 @@ static float ck_dot_i8_scalar(const int8_t *w, const float *x, int n) {
     return s0 + s1;
 }
 
+/* Weights [e0, n) of an int4 row (also the tails of the SIMD kernels). */
+static float ck_dot_i4_from(const uint8_t *w, const uint16_t *gs, int group, const float *x,
+                            int e0, int n) {
+    float s = 0;
+    for (int e = e0; e < n; e++)
+        s += (float)(ck_i4_code(w, e) - 8) * ck_f16_to_f32(gs[e / group]) * x[e];
+    return s;
+}
+
+/* Whole blocks word by word (one scale per 16 weights: groups are multiples of 16), then the
+ * tail weight by weight. */
+static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, const float *x,
+                              int n) {
+    float s = 0;
+    int nb = n / CK_I4_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *q = w + (size_t)b * 64;
+        for (int j = 0; j < 8; j++) {
+            int e = b * CK_I4_BLOCK + 16 * j;
+            float d = ck_f16_to_f32(gs[e / group]), acc = 0;
+            for (int i = 0; i < 16; i++) {
+                uint8_t byte = q[4 * i + j / 2];
+                acc += (float)(((j & 1) ? byte >> 4 : byte & 15) - 8) * d * x[e + i];
+            }
+            s += acc;
+        }
+    }
+    return s + ck_dot_i4_from(w, gs, group, x, nb * CK_I4_BLOCK, n);
+}
+
 #if CK_X86
-#define CK_AVX2 __attribute__((target("avx2,fma")))
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* ---- AVX2 + FMA ---- */
 
 CK_AVX2 static inline float ck_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -153,16 +312,184 @@ CK_AVX2 static float ck_dot_i8_avx2(const int8_t *w, const float *x, int n) {
     for (; i < n; i++) s += (float)w[i] * x[i];
     return s;
 }
-#endif
 
-/* 1 where the AVX2 kernels run; set once by ck_init (0: scalar twins, also forced by tests). */
-static int ck_use_avx2 = 0;
+/* int4, 8 lanes: the low nibble of each word is a code; (u - 8) d = u d - 8 d exactly (the
+ * product is representable), so the weights equal the twin's bit for bit. */
+CK_AVX2 static float ck_dot_i4_avx2(const uint8_t *w, const uint16_t *gs, int group,
+                                    const float *x, int n) {
+    const __m256i low = _mm256_set1_epi32(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, d = a0, off = a0;
+    int nb = n / CK_I4_BLOCK, g_end = 0, g = 0;
+    for (int b = 0; b < nb; b++) {
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * 64));
+        __m256i q1 = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * 64 + 32));
+        const float *xb = x + (size_t)b * CK_I4_BLOCK;
+        for (int j = 0; j < 8; j++) {
+            if (b * CK_I4_BLOCK + 16 * j == g_end) {
+                float s = _cvtsh_ss(gs[g++]);
+                d = _mm256_set1_ps(s);
+                off = _mm256_set1_ps(-8.0f * s);
+                g_end += group;
+            }
+            __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q0, low)), d, off);
+            __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q1, low)), d, off);
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb + 16 * j), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 16 * j + 8), a1);
+            q0 = _mm256_srli_epi32(q0, 4);
+            q1 = _mm256_srli_epi32(q1, 4);
+        }
+    }
+    return ck_hsum(_mm256_add_ps(a0, a1)) +
+           ck_dot_i4_from(w, gs, group, x, nb * CK_I4_BLOCK, n);
+}
+
+/* ---- AVX-512 F/BW/VL ---- */
+
+CK_AVX512 static float ck_dot_f32_avx512(const float *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, w + i), _mm512_maskz_loadu_ps(k, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+CK_AVX512 static inline __m512 ck_bf16x16(__m256i h) {  /* 16 bf16 -> 16 fp32 */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+CK_AVX512 static float ck_dot_bf16_avx512(const uint16_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+#define CK_LD16(p) _mm256_loadu_si256((const __m256i *)(p))
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i)), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i + 16)), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i + 32)), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i + 48)), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16)
+        a0 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i)), _mm512_loadu_ps(x + i), a0);
+#undef CK_LD16
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __m256i h = _mm256_maskz_loadu_epi16(k, w + i);
+        a1 = _mm512_fmadd_ps(ck_bf16x16(h), _mm512_maskz_loadu_ps(k, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+CK_AVX512 static inline __m512 ck_i8x16(__m128i b) {  /* 16 int8 -> 16 fp32 */
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+}
+
+CK_AVX512 static float ck_dot_i8_avx512(const int8_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+#define CK_LD8(p) _mm_loadu_si128((const __m128i *)(p))
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i)), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i + 16)), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i + 32)), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i + 48)), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16)
+        a0 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i)), _mm512_loadu_ps(x + i), a0);
+#undef CK_LD8
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __m128i b = _mm_maskz_loadu_epi8(k, w + i);
+        a1 = _mm512_fmadd_ps(ck_i8x16(b), _mm512_maskz_loadu_ps(k, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* int4, 16 lanes: one 64-byte load is a whole block; vpermps looks each word's low nibble up
+ * in a 16-entry table of (u - 8) d (one multiply per group), and ignores the higher bits, so
+ * the block's 8 vectors are 8 shifts of the same register. */
+CK_AVX512 static float ck_dot_i4_avx512(const uint8_t *w, const uint16_t *gs, int group,
+                                        const float *x, int n) {
+    const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, tab = a0;
+    int nb = n / CK_I4_BLOCK, g_end = 0, g = 0;
+    for (int b = 0; b < nb; b++) {
+        __m512i q = _mm512_loadu_si512((const void *)(w + (size_t)b * 64));
+        const float *xb = x + (size_t)b * CK_I4_BLOCK;
+#define CK_I4_STEP(j, acc)                                                                     \
+        if (b * CK_I4_BLOCK + 16 * (j) == g_end) {                                             \
+            tab = _mm512_mul_ps(codes, _mm512_set1_ps(_cvtsh_ss(gs[g++])));                    \
+            g_end += group;                                                                    \
+        }                                                                                      \
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, tab), _mm512_loadu_ps(xb + 16 * (j)), acc); \
+        q = _mm512_srli_epi32(q, 4);
+        CK_I4_STEP(0, a0) CK_I4_STEP(1, a1) CK_I4_STEP(2, a2) CK_I4_STEP(3, a3)
+        CK_I4_STEP(4, a0) CK_I4_STEP(5, a1) CK_I4_STEP(6, a2) CK_I4_STEP(7, a3)
+#undef CK_I4_STEP
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) +
+           ck_dot_i4_from(w, gs, group, x, nb * CK_I4_BLOCK, n);
+}
+
+/* Whole blocks of an int4 row as fp32 (`of`) or bf16 (`oh`, round to nearest even); returns
+ * how many weights it wrote (the caller does the rest). */
+CK_AVX512 static int ck_i4_dequant_avx512(const uint8_t *w, const uint16_t *gs, int group, int n,
+                                          float *of, uint16_t *oh) {
+    const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i half = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+    __m512 tab = _mm512_setzero_ps();
+    int nb = n / CK_I4_BLOCK, g_end = 0, g = 0;
+    for (int b = 0; b < nb; b++) {
+        __m512i q = _mm512_loadu_si512((const void *)(w + (size_t)b * 64));
+        for (int j = 0; j < 8; j++) {
+            int e = b * CK_I4_BLOCK + 16 * j;
+            if (e == g_end) {
+                tab = _mm512_mul_ps(codes, _mm512_set1_ps(_cvtsh_ss(gs[g++])));
+                g_end += group;
+            }
+            __m512 v = _mm512_permutexvar_ps(q, tab);
+            q = _mm512_srli_epi32(q, 4);
+            if (of) {
+                _mm512_storeu_ps(of + e, v);
+            } else {
+                __m512i u = _mm512_castps_si512(v);
+                __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+                u = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, half), lsb), 16);
+                _mm256_storeu_si256((__m256i *)(oh + e), _mm512_cvtepi32_epi16(u));
+            }
+        }
+    }
+    return nb * CK_I4_BLOCK;
+}
+#endif
 
 static void ck_init(void) {
 #if CK_X86
     __builtin_cpu_init();
-    ck_use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    ck_isa_max = avx512 ? CK_ISA_AVX512 : avx2 ? CK_ISA_AVX2 : CK_ISA_SCALAR;
 #endif
+    ck_isa = ck_isa_max;
+    ck_use_avx2 = ck_isa >= CK_ISA_AVX2;
+}
+
+/* Runs at most `level` (tests compare each level with the scalar twins); returns what runs. */
+static int ck_set_isa(int level) {
+    ck_init();
+    if (level < ck_isa) ck_isa = level < 0 ? 0 : level;
+    ck_use_avx2 = ck_isa >= CK_ISA_AVX2;
+    return ck_isa;
 }
 
 static inline float ck_epilogue(int ep, float y) {
@@ -174,34 +501,53 @@ static inline float ck_epilogue(int ep, float y) {
     }
 }
 
+/* Row r of M times x, through the kernel of the current instruction set. */
+static float ck_dot_row(const CkMat *m, int r, const float *x) {
+    int n = m->in;
+    switch (m->dtype) {
+    case CK_F32: {
+        const float *w = (const float *)m->w + (size_t)r * n;
+#if CK_X86
+        if (ck_isa >= CK_ISA_AVX512) return ck_dot_f32_avx512(w, x, n);
+        if (ck_isa >= CK_ISA_AVX2) return ck_dot_f32_avx2(w, x, n);
+#endif
+        return ck_dot_f32_scalar(w, x, n);
+    }
+    case CK_BF16: {
+        const uint16_t *w = (const uint16_t *)m->w + (size_t)r * n;
+#if CK_X86
+        if (ck_isa >= CK_ISA_AVX512) return ck_dot_bf16_avx512(w, x, n);
+        if (ck_isa >= CK_ISA_AVX2) return ck_dot_bf16_avx2(w, x, n);
+#endif
+        return ck_dot_bf16_scalar(w, x, n);
+    }
+    case CK_I8: {
+        const int8_t *w = (const int8_t *)m->w + (size_t)r * n;
+        float y;
+#if CK_X86
+        if (ck_isa >= CK_ISA_AVX512) y = ck_dot_i8_avx512(w, x, n);
+        else if (ck_isa >= CK_ISA_AVX2) y = ck_dot_i8_avx2(w, x, n);
+        else
+#endif
+            y = ck_dot_i8_scalar(w, x, n);
+        return y * m->scale[r];
+    }
+    default: {
+        const uint8_t *w = (const uint8_t *)m->w + (size_t)r * ck_i4_row_bytes(n);
+        const uint16_t *gs = m->gscale + (size_t)r * ck_i4_groups(n, m->group);
+#if CK_X86
+        if (ck_isa >= CK_ISA_AVX512) return ck_dot_i4_avx512(w, gs, m->group, x, n);
+        if (ck_isa >= CK_ISA_AVX2) return ck_dot_i4_avx2(w, gs, m->group, x, n);
+#endif
+        return ck_dot_i4_scalar(w, gs, m->group, x, n);
+    }
+    }
+}
+
 /* Rows [r0, r1) of y = M x, each passed through `ep` (EP_ADD: dst[r] += y). */
 static void ck_gemv_rows(const CkMat *m, const float *x, float *dst, int ep, int r0, int r1) {
     for (int r = r0; r < r1; r++) {
-        float y;
-        size_t off = (size_t)r * m->in;
-        if (m->dtype == CK_F32) {
-            const float *w = (const float *)m->w + off;
-#if CK_X86
-            y = ck_use_avx2 ? ck_dot_f32_avx2(w, x, m->in) : ck_dot_f32_scalar(w, x, m->in);
-#else
-            y = ck_dot_f32_scalar(w, x, m->in);
-#endif
-        } else if (m->dtype == CK_BF16) {
-            const uint16_t *w = (const uint16_t *)m->w + off;
-#if CK_X86
-            y = ck_use_avx2 ? ck_dot_bf16_avx2(w, x, m->in) : ck_dot_bf16_scalar(w, x, m->in);
-#else
-            y = ck_dot_bf16_scalar(w, x, m->in);
-#endif
-        } else {
-            const int8_t *w = (const int8_t *)m->w + off;
-#if CK_X86
-            y = ck_use_avx2 ? ck_dot_i8_avx2(w, x, m->in) : ck_dot_i8_scalar(w, x, m->in);
-#else
-            y = ck_dot_i8_scalar(w, x, m->in);
-#endif
-            y *= m->scale[r];
-        }
+        float y = ck_dot_row(m, r, x);
         if (ep == EP_ADD) dst[r] += y;
         else dst[r] = ck_epilogue(ep, y);
     }
@@ -210,9 +556,33 @@ static void ck_gemv_rows(const CkMat *m, const float *x, float *dst, int ep, int
 /* fp32 dot product through the fastest kernel available. */
 static inline float ck_dot_f32(const float *w, const float *x, int n) {
 #if CK_X86
-    if (ck_use_avx2) return ck_dot_f32_avx2(w, x, n);
+    if (ck_isa >= CK_ISA_AVX512) return ck_dot_f32_avx512(w, x, n);
+    if (ck_isa >= CK_ISA_AVX2) return ck_dot_f32_avx2(w, x, n);
 #endif
     return ck_dot_f32_scalar(w, x, n);
+}
+
+/* Rows [r0, r1) of an int4 matrix as fp32 or bf16 (dtype CK_F32 / CK_BF16) into `out`
+ * [r1 - r0, in]: the sequence path multiplies many tokens by such a block. */
+static inline void ck_i4_dequant_rows(const CkMat *m, int r0, int r1, void *out, int dtype) {
+    int n = m->in, ng = ck_i4_groups(n, m->group);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *w = (const uint8_t *)m->w + (size_t)r * ck_i4_row_bytes(n);
+        const uint16_t *gs = m->gscale + (size_t)r * ng;
+        float *of = dtype == CK_F32 ? (float *)out + (size_t)(r - r0) * n : NULL;
+        uint16_t *oh = dtype == CK_F32 ? NULL : (uint16_t *)out + (size_t)(r - r0) * n;
+        int e = 0;
+#if CK_X86
+        if (ck_isa >= CK_ISA_AVX512) {
+            e = ck_i4_dequant_avx512(w, gs, m->group, n, of, oh);
+        }
+#endif
+        for (; e < n; e++) {
+            float v = (float)(ck_i4_code(w, e) - 8) * ck_f16_to_f32(gs[e / m->group]);
+            if (of) of[e] = v;
+            else oh[e] = ck_f32_to_bf16(v);
+        }
+    }
 }
 
 /* ---- the pool ---------------------------------------------------------------------------
@@ -382,8 +752,8 @@ static void ck_run_phase(CkPool *p, int total) {
 
 /* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming. */
 static int ck_rows_per_chunk(const CkMat *m) {
-    int bytes = m->dtype == CK_F32 ? 4 : m->dtype == CK_BF16 ? 2 : 1;
-    long row = (long)m->in * bytes;
+    long row = m->dtype == CK_F32 ? 4L * m->in : m->dtype == CK_BF16 ? 2L * m->in :
+               m->dtype == CK_I8 ? (long)m->in : (long)ck_i4_row_bytes(m->in);
     long rows = (65536 + row - 1) / row;
     if (rows < 1) rows = 1;
     return (int)rows;

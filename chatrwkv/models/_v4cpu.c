@@ -42,22 +42,6 @@ typedef struct {
     const V4Layer *cur;
 } V4Model;
 
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F, man = h & 0x3FF, u;
-    float f;
-    if (e == 0) {  /* zero or subnormal: man * 2^-24, exact in fp32 */
-        f = ldexpf((float)man, -24);
-        memcpy(&u, &f, 4);
-        u |= sign;
-    } else if (e == 31) {
-        u = sign | 0x7F800000u | (man << 13);
-    } else {
-        u = sign | ((e + 112) << 23) | (man << 13);
-    }
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* torch.lerp(a, b, w) exactly as torch evaluates it (two forms, for accuracy near w = 1). */
 static inline float lerp(float a, float b, float w) {
     return w < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
@@ -97,7 +81,7 @@ static void v4_step(V4Model *m, int token, float *att_x, float *att_num, float *
     } else {
         const uint16_t *e = (const uint16_t *)m->emb + (size_t)token * C;
         for (int i = 0; i < C; i++)
-            x[i] = m->emb_dtype == CK_BF16 ? ck_bf16_to_f32(e[i]) : f16_to_f32(e[i]);
+            x[i] = m->emb_dtype == CK_BF16 ? ck_bf16_to_f32(e[i]) : ck_f16_to_f32(e[i]);
     }
     for (int li = 0; li < m->L; li++) {
         const V4Layer *l = &m->layers[li];

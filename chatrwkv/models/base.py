@@ -22,10 +22,11 @@ from ..state import State
 if TYPE_CHECKING:
     from .cpu_step import CpuStep
 
-# "int8": the big matrices become int8 with per-channel scales (models/quant.py, CPU only);
-# the other weights, and the dtype that `self.dtype` reports, stay fp32.
+# "int8" / "int4": the big matrices become int8 with per-channel scales or int4 with group-wise
+# scales (models/quant.py, CPU only); the other weights, and `self.dtype`, stay fp32.
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
-                                  "fp16": torch.float16, "int8": torch.float32}
+                                  "fp16": torch.float16, "int8": torch.float32,
+                                  "int4": torch.float32}
 DEFAULT_CHUNK_LEN = 256
 
 
@@ -52,8 +53,8 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> str:
         raise ChatRWKVError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPES)})")
     if device.type == "cpu" and dtype == "fp16":
         raise ChatRWKVError("fp16 is not supported on CPU (use fp32 or bf16)")
-    if device.type == "cuda" and dtype == "int8":
-        raise ChatRWKVError("int8 weights are CPU-only (use fp16 or bf16 on CUDA)")
+    if device.type == "cuda" and dtype in ("int8", "int4"):
+        raise ChatRWKVError(f"{dtype} weights are CPU-only (use fp16 or bf16 on CUDA)")
     return dtype
 
 
@@ -80,14 +81,16 @@ class RWKVModel(ABC):
 
     state_class: ClassVar[type[State]]
     supports_int8: ClassVar[bool] = False  # versions that implement --dtype int8 set True
+    supports_int4: ClassVar[bool] = False  # ... and --dtype int4
     config: ModelConfig
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
                  chunk_len: int = DEFAULT_CHUNK_LEN):
         if chunk_len < 1:
             raise ChatRWKVError(f"chunk length must be at least 1, got {chunk_len}")
-        if dtype == "int8" and not self.supports_int8:
-            raise ChatRWKVError(f"--dtype int8 is not implemented for {type(self).__name__} "
+        if (dtype == "int8" and not self.supports_int8) or \
+                (dtype == "int4" and not self.supports_int4):
+            raise ChatRWKVError(f"--dtype {dtype} is not implemented for {type(self).__name__} "
                                 "(use fp32 or bf16)")
         self.path = ckpt.path
         self.device = device

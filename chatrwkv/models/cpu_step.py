@@ -15,7 +15,7 @@ import torch
 
 from .arena import Arena
 from .base import ModelConfig
-from .quant import Int8Linear
+from .quant import Int4Linear, Int8Linear, int4_row_bytes
 
 CK_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # _cpukern.h's CK_F32, CK_BF16
 CK_INT8 = 2
@@ -34,10 +34,15 @@ def fp32_address(t: torch.Tensor | None) -> int:
     return t.data_ptr()
 
 
-def matrix(w: torch.Tensor | Int8Linear | None) -> tuple[int, int, int, int, int] | None:
-    """(address, scale address, dtype code, out, in) of a [out, in] weight, or None."""
+def matrix(w: torch.Tensor | Int8Linear | Int4Linear | None) -> tuple[int, ...] | None:
+    """(address, scale address, dtype code, out, in[, group]) of a [out, in] weight, or None."""
     if w is None:
         return None
+    if isinstance(w, Int4Linear):
+        try:
+            return w.describe()
+        except ValueError:
+            raise Unsupported from None
     if isinstance(w, Int8Linear):
         q = w.q
         if q is None or not q.is_contiguous():
@@ -52,12 +57,20 @@ def matrix(w: torch.Tensor | Int8Linear | None) -> tuple[int, int, int, int, int
 def weight_arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype, device: torch.device,
                  layer_shapes: list[tuple[int, int]], available: bool) -> Arena | None:
     """Huge-page memory for every layer's `layer_shapes` and the head, when the C step will
-    stream them (CPU, extension built, fp32/bf16/int8)."""
-    if device.type != "cpu" or not available or dtype not in ("fp32", "bf16", "int8"):
+    stream them (CPU, extension built, fp32/bf16/int8/int4). Each int4 matrix is its packed
+    rows (uint8, `weight_shape`); its small scales live outside."""
+    if device.type != "cpu" or not available or dtype not in ("fp32", "bf16", "int8", "int4"):
         return None
-    item = torch.int8 if dtype == "int8" else weight_dtype
-    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in layer_shapes)
-    return Arena(total + Arena.nbytes((cfg.vocab_size, cfg.n_embd), item))
+    item = torch.int8 if dtype == "int8" else torch.uint8 if dtype == "int4" else weight_dtype
+    shapes = [weight_shape(s, dtype) for s in layer_shapes]
+    total = cfg.n_layer * sum(Arena.nbytes(s, item) for s in shapes)
+    head = weight_shape((cfg.vocab_size, cfg.n_embd), dtype)
+    return Arena(total + Arena.nbytes(head, item))
+
+
+def weight_shape(shape: tuple[int, int], dtype: str) -> tuple[int, int]:
+    """The shape a [out, in] weight takes in memory: int4 packs two weights a byte, by rows."""
+    return (shape[0], int4_row_bytes(shape[1])) if dtype == "int4" else shape
 
 
 class CpuStep:

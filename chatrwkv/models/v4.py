@@ -26,12 +26,13 @@ from ..errors import CheckpointError
 from ..state import State
 from . import v4_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .cpu_step import CpuStep
+from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
-from .quant import Int8Linear
-from .weightcache import WeightCache, int8_matrix
+from .quant import Int4Linear, Int8Linear
+from .weightcache import WeightCache, int4_matrix, int8_matrix
 
-Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
+# a big weight: [out, in] in the weight dtype, or int8 / int4
+Matrix = torch.Tensor | Int8Linear | Int4Linear
 
 RESCALE_LAYER = 6    # fp16 only: x /= 2 after every 6th layer (the reference's default)
 WKV_BLOCK = 16       # tokens per block of the parallel WKV: [T+1, T, C] temporaries
@@ -76,7 +77,7 @@ class _Layer(NamedTuple):
 
 def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """`x @ weight.T` returned in x's dtype; a 16-bit weight multiplies in its own dtype."""
-    if isinstance(weight, Int8Linear):
+    if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     if weight.dtype == x.dtype:
         return F.linear(x, weight)
@@ -152,6 +153,7 @@ def wkv_parallel(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Te
 class RWKV4(RWKVModel):
     state_class: ClassVar[type[State]] = V4State
     supports_int8 = True
+    supports_int4 = True
 
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
@@ -200,6 +202,9 @@ class RWKV4(RWKVModel):
                 # The C step reads the plain int8 rows, the sequence path fbgemm's copy.
                 rows = arena.take(shape, torch.int8) if arena else None
                 out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
+            elif dtype == "int4":  # packed rows in the arena, for the C step and prefill alike
+                packed = arena.take(weight_shape(shape, dtype), torch.uint8) if arena else None
+                out = int4_matrix(cache, key, t, packed, pages.release)
             elif arena is not None:  # fp32 or bf16 for the C step: [out, in], row-major
                 out = arena.take(shape, self.dtype)
                 pages.copy(t, out)

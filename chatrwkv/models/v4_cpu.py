@@ -35,9 +35,10 @@ def available() -> bool:
     return _v4cpu is not None
 
 
-def use_simd(on: bool) -> bool:
-    """AVX2 kernels where the CPU has them (True), or the scalar twins (False, for tests)."""
-    return bool(_v4cpu.set_simd(on)) if _v4cpu is not None else False
+def use_simd(level: bool | int) -> int:
+    """The best kernels the CPU has (True), the scalar twins (False), or at most `level` (1:
+    AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the extension)."""
+    return int(_v4cpu.set_simd(level)) if _v4cpu is not None else 0
 
 
 def arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype,

@@ -28,9 +28,9 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .cpu_step import CpuStep
+from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
-from .quant import Int8Linear
+from .quant import Int4Linear, Int8Linear
 from .v7_de import (
     DEEP_EMBED_KEY,
     DeepEmbedPages,
@@ -38,9 +38,10 @@ from .v7_de import (
     deep_embed_rows,
     deep_embed_scale,
 )
-from .weightcache import WeightCache, int8_matrix
+from .weightcache import WeightCache, int4_matrix, int8_matrix
 
-Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
+# a big weight: a tensor [out, in], or int8 / int4
+Matrix = torch.Tensor | Int8Linear | Int4Linear
 
 DECAY_SCALE = math.exp(-0.5)  # log w = -exp(-0.5) * sigmoid(w0 + lora): w in [0.545, 1)
 LN_X_EPS = 64e-5              # the official ln_x GroupNorm eps (1e-5 * head_size_divisor**2)
@@ -102,9 +103,9 @@ def _mm(x: torch.Tensor, W: Matrix) -> torch.Tensor:
     """x times a big matrix [out, in], in x's dtype. 16-bit weights with fp32 activations (CPU)
     multiply in 16 bits (activations rounded, fp32 accumulation) where the CPU has native bf16
     (on the development machine: 1.6x the fp32 GEMM, and no fp32 copy of the weight); else the
-    weight is upcast. int8 weights compute in fp32 (quant.py). One-token steps on the CPU
-    normally run in C (`v7_cpu.py`, fp32 activations); this is their torch twin."""
-    if isinstance(W, Int8Linear):
+    weight is upcast. int8 / int4 weights compute in fp32 (quant.py). One-token steps on the
+    CPU normally run in C (`v7_cpu.py`, fp32 activations); this is their torch twin."""
+    if isinstance(W, (Int8Linear, Int4Linear)):
         return W(x)
     if x.dtype == W.dtype:
         return F.linear(x, W)
@@ -198,6 +199,7 @@ def wkv_chunked(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.T
 class RWKV7(RWKVModel):
     state_class = WKVState
     supports_int8 = True
+    supports_int4 = True
     config: RWKV7Config
 
     @classmethod
@@ -237,6 +239,9 @@ class RWKV7(RWKVModel):
             if dtype == "int8":  # the C step reads the plain int8 rows, prefill fbgemm's copy
                 rows = arena.take(shape, torch.int8) if arena else None
                 out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
+            elif dtype == "int4":  # packed rows in the arena, for the C step and prefill alike
+                packed = arena.take(weight_shape(shape, dtype), torch.uint8) if arena else None
+                out = int4_matrix(cache, key, t, packed, pages.release)
             elif arena is not None:
                 out = arena.take(shape, self.dtype)
                 pages.copy(t, out)
@@ -487,7 +492,7 @@ def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor,
 
 
 def _head_mm(x: torch.Tensor, head: Matrix) -> torch.Tensor:
-    if isinstance(head, Int8Linear) or head.dtype == torch.float32 or head.dtype == x.dtype:
+    if isinstance(head, (Int8Linear, Int4Linear)) or head.dtype in (torch.float32, x.dtype):
         return _mm(x, head)
     # Many rows through a 16-bit head: a 16-bit GEMM, not an fp32 copy of the [V, C] head.
     return F.linear(x.to(head.dtype), head).to(x.dtype)

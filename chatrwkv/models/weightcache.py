@@ -29,7 +29,7 @@ import torch
 from ..modelstore import models_dir
 from ..stwriter import PAD_PREFIX, SafetensorsWriter, header_room
 from .pages import PageReleaser
-from .quant import Int8Linear
+from .quant import Int4Linear, Int8Linear
 
 FORMAT = "1"  # bump when what a dtype prepares changes: old files are then rebuilt
 CACHED_DTYPES = frozenset({"int8", "int4"})  # dtypes whose preparation is worth caching
@@ -245,5 +245,21 @@ def int8_matrix(cache: WeightCache | None, key: str, weight: torch.Tensor,
 
     def restore(parts: dict[str, torch.Tensor]) -> Int8Linear:
         return Int8Linear.from_parts(parts, shape, keep_rows=rows is not None, rows_out=rows)
+
+    return build() if cache is None else cache.matrix(key, build, restore)
+
+
+def int4_matrix(cache: WeightCache | None, key: str, weight: torch.Tensor,
+                packed: torch.Tensor | None = None,
+                done: Callable[[torch.Tensor], None] | None = None) -> Int4Linear:
+    """`Int4Linear(weight)` for checkpoint tensor `key`, through the cache when there is one.
+    `packed`: memory for the packed rows (the C step's arena); `done`: as Int4Linear's."""
+    shape = (weight.shape[0], weight.shape[1])
+
+    def build() -> Int4Linear:
+        return Int4Linear(weight, packed_out=packed, done=done)
+
+    def restore(parts: dict[str, torch.Tensor]) -> Int4Linear:
+        return Int4Linear.from_parts(parts, shape, packed_out=packed)
 
     return build() if cache is None else cache.matrix(key, build, restore)

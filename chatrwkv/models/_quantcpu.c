@@ -1,0 +1,78 @@
+/* int4 matrices (quant.py's `Int4Linear`) outside a model's C step: one matrix-vector product
+ * (a token through any version's torch path, or the head after a prefill) and the dequantization
+ * of a block of rows to fp32 or bf16 (the sequence path then runs torch's GEMM on the block).
+ * Both use _cpukern.h's kernels, with the same run-time dispatch, on the calling thread: a
+ * dequantized block is a few milliseconds next to the GEMM that consumes it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_cpukern.h"
+#include "_cpubind.h"
+
+/* gemv(matrix, x address, y address): y = M x, fp32 [in] -> fp32 [out]. */
+static PyObject *py_gemv(PyObject *self, PyObject *args) {
+    PyObject *mat;
+    unsigned long long x, y;
+    CkMat m;
+    if (!PyArg_ParseTuple(args, "OKK", &mat, &x, &y) || !ck_parse_mat(mat, &m)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ck_gemv_rows(&m, (const float *)(uintptr_t)x, (float *)(uintptr_t)y, EP_STORE, 0, m.out);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* dequant(matrix, r0, r1, out address, dtype): rows [r0, r1) of an int4 matrix as fp32
+ * (dtype 0) or bf16 (1) into a contiguous [r1 - r0, in] buffer. */
+static PyObject *py_dequant(PyObject *self, PyObject *args) {
+    PyObject *mat;
+    int r0, r1, dtype;
+    unsigned long long out;
+    CkMat m;
+    if (!PyArg_ParseTuple(args, "OiiKi", &mat, &r0, &r1, &out, &dtype) || !ck_parse_mat(mat, &m))
+        return NULL;
+    if (m.dtype != CK_I4 || r0 < 0 || r1 > m.out || r0 > r1 ||
+        (dtype != CK_F32 && dtype != CK_BF16)) {
+        PyErr_SetString(PyExc_ValueError, "dequant needs an int4 matrix, rows within it, fp32 "
+                        "or bf16");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ck_i4_dequant_rows(&m, r0, r1, (void *)(uintptr_t)out, dtype);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* quantize(w address, rows, n, group, packed address, scales address): fp32 [rows, n] ->
+ * packed int4 rows and fp16 group scales (quant.py's layout and search). */
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    unsigned long long w, packed, scales;
+    int rows, n, group;
+    if (!PyArg_ParseTuple(args, "KiiiKK", &w, &rows, &n, &group, &packed, &scales)) return NULL;
+    if (rows < 0 || n < 1 || group < 16 || group % 16 || group > 1024) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or group for int4");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ck_i4_quantize_rows((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
+                        (uint16_t *)(uintptr_t)scales);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
+    {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
+    {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
+    {"set_simd", ck_py_set_simd, METH_VARARGS,
+     "Kernels of at most this level (True: the best, False: scalar); returns what runs."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quantcpu",
+                                    "int4 products and dequantization on the CPU.", -1, methods};
+
+PyMODINIT_FUNC PyInit__quantcpu(void) {
+    ck_init();
+    return PyModule_Create(&module);
+}
