@@ -24,6 +24,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import ChatRWKVError, CheckpointError
 from .modelnames import newest, parse_release, parse_short_name
+from .safeio import expand
 
 MODEL_SUFFIXES = (".pth", ".safetensors")
 META_SUFFIX = ".json"
@@ -152,7 +153,7 @@ def resolve_model(name_or_path: str, root: Path | None = None) -> Path:
     """A checkpoint path from `--model`: an existing file, a local model's name or file name,
     the short name it was pulled by (`g1-0.4b`, newest local match), or a unique part of a name.
     """
-    given = Path(name_or_path).expanduser()
+    given = expand(name_or_path)
     if given.is_file():
         return given
     root = models_dir() if root is None else root

@@ -16,7 +16,7 @@ from typing import TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
@@ -24,7 +24,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import commands as C
+from .autosave import autosave as save_last
 from .errors import ChatRWKVError
+from .history import PrivateHistory
 from .prompts import shipped_names
 from .session import (
     Chunk,
@@ -40,7 +42,8 @@ from .session import (
     ShowTree,
     Stats,
 )
-from .sessionfile import AUTOSAVE, home_dir
+from .sessionfile import home_dir
+from .textin import valid_text
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
 
@@ -127,7 +130,7 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) 
 
 def _run_command(session: Session, line: str) -> Iterator[Event]:
     with ctrl_c_stops(session):
-        yield from session.handle(C.parse(line))
+        yield from session.handle(C.parse(valid_text(line)))  # made valid where it enters
 
 
 # --- interactive mode --------------------------------------------------------------------------
@@ -136,6 +139,7 @@ class Terminal:
     def __init__(self, session: Session, console: Console | None = None):
         self.session = session
         self.console = console or Console(highlight=False)
+        self.history: PrivateHistory | None = None
 
     def banner(self) -> None:
         s, p = self.session, self.session.prompt
@@ -216,9 +220,10 @@ class Terminal:
         try:
             folder = home_dir()
             folder.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(folder / "history"))
-        except OSError as e:
-            self.console.print(Text(f"(history not kept: {e.strerror})", style="dim"))
+            history = self.history = PrivateHistory(str(folder / "history"))
+        except (OSError, ChatRWKVError) as e:
+            self.console.print(Text(f"(history not kept: {getattr(e, 'strerror', None) or e})",
+                                    style="dim"))
         return PromptSession(history=history, completer=ChatCompleter(), key_bindings=keys,
                              bottom_toolbar=self.toolbar, complete_while_typing=False,
                              enable_history_search=False)
@@ -227,6 +232,8 @@ class Terminal:
         """One input: a line, an Alt+Enter multi-line text, or a \"\"\" block."""
         p = self.session.prompt
         text = prompt_session.prompt(f"{p.user}{p.separator} ")
+        for note in self.history.take_notes() if self.history else ():
+            self.console.print(Text(f"({note})", style="dim"))
         if text.strip() != BLOCK:
             return text
         lines = []
@@ -270,39 +277,64 @@ class ChatCompleter(Completer):
 
 
 class HangUp(Exception):
-    """The terminal closed (SIGHUP): leave through the autosave."""
+    """The terminal closed (SIGHUP) or the process was asked to end (SIGTERM): leave through
+    the autosave."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
-def _on_hangup(signum, frame):
-    raise HangUp
+def _on_signal(signum, frame):
+    raise HangUp(128 + signum)
 
 
 def autosave(session: Session) -> None:
-    """Save the session as `last` (what `--resume` reads); a failure is one line, not a crash."""
+    """Save the session as this model's `last` (what `--resume` reads); a failure is one line,
+    never a traceback, and a dead terminal (closed window) is not written to."""
+    saved, line = save_last(session)
     try:
-        path = session.save_named(AUTOSAVE)
-    except (OSError, ChatRWKVError) as e:
-        print_error(f"autosave failed: {e}")
-        return
-    if sys.stderr.isatty():
-        print(f"session saved; `chatrwkv --model ... --resume` continues it ({path})",
-              file=sys.stderr)
+        if not saved and line:
+            print_error(line)
+        elif saved and sys.stderr.isatty():
+            print(f"session saved; `chatrwkv --model ... --resume` continues it ({line})",
+                  file=sys.stderr)
+    except OSError:
+        pass  # the terminal is gone: the file is written, there is no one to tell
+
+
+def _piped_lines() -> Iterable[str]:
+    """stdin lines, with bytes that are not UTF-8 as U+FFFD (say so: replaced, not escaped)."""
+    if sys.stdin is None:
+        return ()
+    if hasattr(sys.stdin, "reconfigure"):
+        try:
+            sys.stdin.reconfigure(errors="replace")
+        except (ValueError, OSError):
+            pass
+    return sys.stdin
 
 
 def run(session: Session, interactive: bool, save_at_exit: bool = True) -> int:
-    """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP)."""
-    previous = signal.signal(signal.SIGHUP, _on_hangup) if hasattr(signal, "SIGHUP") else None
+    """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP,
+    SIGTERM, Ctrl-C while piped input waits)."""
+    handled = [s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None]
+    previous = {s: signal.signal(s, _on_signal) for s in handled}
     code = 0
     try:
         if interactive:
             code = Terminal(session).loop()
         else:
-            code = run_piped(session, sys.stdin, sys.stdout, sys.stderr)
-    except HangUp:
+            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr)
+    except HangUp as e:
+        code = e.code
+    except KeyboardInterrupt:  # Ctrl-C while piped mode waits for a line
+        code = 130
+    except OSError:  # the terminal went away under the prompt (EIO) or stdout closed
         code = 129
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGHUP, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if save_at_exit:
             autosave(session)
     return code

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
-from ..errors import CheckpointError, first_line
+from ..errors import ChatRWKVError, CheckpointError, first_line
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel, resolve_device, resolve_dtype
 from .v4 import RWKV4
 from .v5 import RWKV5
@@ -33,9 +33,14 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
     dt = resolve_dtype(dtype, dev)
     ckpt = Checkpoint.open(path)
     cls, _ = detect_version(ckpt)
+    ckpt.check_finite()
     try:
         return cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len)
-    except (RuntimeError, OSError) as e:
+    except ChatRWKVError:
+        raise
+    except (RuntimeError, OSError, ValueError, TypeError, IndexError, KeyError) as e:
+        # shapes that passed each tensor's check but not the builder's arithmetic are a file the
+        # loader does not understand: one line, not a traceback
         # A damaged tensor in an mmap-ed file surfaces only when it is read; anything else
         # (a missing optional library, say) is not the file's fault and is not called damage.
         what = "damaged checkpoint" if _is_read_error(e) else "cannot load the model"
