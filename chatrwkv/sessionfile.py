@@ -63,6 +63,7 @@ SUFFIX = ".session"
 AUTOSAVE = "last"  # what Ctrl-D / +exit / a closed terminal write, and `--resume` reads
 _GRAIN = 32768  # torch's internal parallel grain size
 REQUIRED_SLOTS = ("chat_init", "chat")
+GENERATED_FROM = ("chat_pre", "gen_0", "gen_1")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -434,7 +435,8 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
 
     def logits_from(j: int):
         logits = tensors.get(f"snap{j}.logits")
-        if logits is None:
+        if logits is None:  # only a snapshot of no tokens has no logits (nothing was read)
+            _require(table.n_tokens(j) == 0, f"snap{j}.logits missing")
             return None
         _require(logits.dtype == torch.float32 and tuple(logits.shape) == (vocab,)
                  and bool(torch.isfinite(logits).all()), f"snap{j}.logits")
@@ -590,6 +592,12 @@ class _Table:
         for k in REQUIRED_SLOTS:
             _require(bool((self.node_slots[:, self.slot_names.index(k)] >= 0).all()),
                      f"a node without '{k}'")
+        # the slots a reply is sampled from hold tokens (so they have logits)
+        for k in GENERATED_FROM:
+            if k in self.slot_names:
+                rows = self.node_slots[:, self.slot_names.index(k)]
+                rows = rows[rows >= 0]
+                _require(bool((tok[rows, 3] > 0).all()), f"an empty '{k}'")
 
     # --- HollowSource: one row's tokens / turns, walking its few anchors -----------------------
 
