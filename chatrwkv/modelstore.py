@@ -105,13 +105,21 @@ class LocalModel:
     def facts(self) -> FileFacts | None:
         """From the sidecar when it still describes this file, else from the file itself."""
         m = self.meta
-        keys = [f.name for f in dataclasses.fields(FileFacts)]
-        if m.get("size") == self.path.stat().st_size and all(k in m for k in keys):
-            return FileFacts(**{k: m[k] for k in keys})
+        if m.get("size") == self.path.stat().st_size and _facts_fit(m):
+            return FileFacts(**{f.name: m[f.name] for f in dataclasses.fields(FileFacts)})
         try:
             return inspect_checkpoint(self.path)
         except CheckpointError:
             return None
+
+
+def _facts_fit(meta: dict[str, Any]) -> bool:
+    """Whether a sidecar holds every FileFacts field with its type (a hand-edited or damaged
+    sidecar is ignored and the file itself is read)."""
+    kinds = {"int": int, "str": str, "str | None": (str, type(None))}
+    return all(f.name in meta and not isinstance(meta[f.name], bool)
+               and isinstance(meta[f.name], kinds.get(str(f.type), object))
+               for f in dataclasses.fields(FileFacts))
 
 
 def meta_path(model_path: Path) -> Path:

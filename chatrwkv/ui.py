@@ -286,6 +286,14 @@ class HangUp(Exception):
 
 
 def _on_signal(signum, frame):
+    from prompt_toolkit.application import get_app_or_none
+
+    app = get_app_or_none()
+    if app is not None and app.is_running and not app.future.done():
+        # leave the prompt through its own exit: an exception raised across prompt_toolkit's
+        # event loop leaves a task behind that asyncio reports as a traceback on the way out
+        app.exit(exception=HangUp(128 + signum))
+        return
     raise HangUp(128 + signum)
 
 
