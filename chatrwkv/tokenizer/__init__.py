@@ -79,7 +79,7 @@ def _load_file(path: str, vocab_size: int) -> Tokenizer:
     try:
         text = read_regular(file, MAX_TOKENIZER_BYTES, "tokenizer file").decode("utf-8")
     except FileRefused as e:
-        raise TokenizerError(str(e)) from None
+        raise TokenizerError(f"cannot read tokenizer: {e}") from None
     except UnicodeDecodeError as e:
         raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
     if file.suffix.lower() == ".json":
