@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ChatRWKVError, StateFileError, first_line
-from .sessionfile import AUTOSAVE, SUFFIX, atomic_write, save_session, session_path
+from .sessionfile import AUTOSAVE, SUFFIX, atomic_write, session_path
 
 if TYPE_CHECKING:
     from .session import Session
@@ -83,9 +83,8 @@ def autosave(session: Session) -> tuple[bool, str | None]:
         if not worth_saving(session):
             return False, None
         with signals_deferred():
-            path = autosave_path(session.states_folder, session.model.identity())
-            _keep_previous(path)
-            save_session(session, path)
+            _keep_previous(autosave_path(session.states_folder, session.model.identity()))
+            path = session.save_named(AUTOSAVE)  # this model's file (treecommands.py)
         return True, str(path)
     except KeyboardInterrupt:  # a Ctrl-C that came in just before the signals were deferred
         return False, "autosave skipped (interrupted); the previous `last` is kept"

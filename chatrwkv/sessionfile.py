@@ -422,15 +422,16 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
     """The tree, with only the stored snapshots decoded: nothing here runs once per turn."""
     from .events import Snapshot
 
-    state_class, shapes, device = _state_spec(session.model)
+    state_class, shapes, device, dtypes = _state_spec(session.model)
 
     def state_from(prefix: str):
         parts = {k: tensors[f"{prefix}.{k}"] for k in shapes}
         for k, v in parts.items():
             if v.shape != shapes[k]:
                 raise ValueError(f"{prefix}.{k} has shape {list(v.shape)}")
-            _require(v.dtype == torch.float32 and bool(torch.isfinite(v).all()),
-                     f"{prefix}.{k}: fp32 finite values expected")
+            _require(v.dtype == dtypes[k] and (not v.is_floating_point()
+                                               or bool(torch.isfinite(v).all())),
+                     f"{prefix}.{k}: finite values of the state's dtype expected")
         return state_class(**{k: v.to(device) for k, v in parts.items()})
 
     def logits_from(j: int):
@@ -488,7 +489,8 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
 _SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
+def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device,
+                                dict[str, torch.dtype]]:
     """The model's state class, field shapes and device, from one zero state per model (a 1.5B
     model's is 13 MB: allocating it at every resume would cost more than the rest)."""
     try:
@@ -497,7 +499,8 @@ def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
         spec = None
     if spec is None:
         zero = model.zero_state()
-        spec = type(zero), {k: v.shape for k, v in zero.tensors().items()}, zero.device
+        spec = (type(zero), {k: v.shape for k, v in zero.tensors().items()}, zero.device,
+                {k: v.dtype for k, v in zero.tensors().items()})
         with contextlib.suppress(TypeError):
             _SPECS[model] = spec
     return spec
