@@ -12,6 +12,8 @@ from . import __version__
 from .commands import check_temperature, check_top_p
 from .errors import ChatRWKVError
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes a 64-bit seed
+
 # name -> (module, whether the module's argv starts at the subcommand name)
 SUBCOMMANDS: dict[str, tuple[str, bool]] = {
     "pull": ("chatrwkv.hub", True),
@@ -59,17 +61,22 @@ def _number(check):
     return parse
 
 
-_non_negative = _number(lambda v: None if v >= 0 else "must be >= 0")
+def _setting(name: str):
+    from .sampling import setting_problem
+
+    return _number(lambda v: setting_problem(name, v))
 
 
-def _whole(minimum: int):
+def _whole(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}")
         return value
     return parse
 
@@ -116,16 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="T", help=f"temperature, 0 = greedy (default {d.temperature})")
     s.add_argument("--top-p", type=_number(check_top_p), default=d.top_p, metavar="P",
                    help=f"nucleus cutoff (default {d.top_p})")
-    s.add_argument("--top-k", type=_whole(0), default=d.top_k, metavar="K",
+    s.add_argument("--top-k", type=_whole(0, 2**31 - 1), default=d.top_k, metavar="K",
                    help="keep only the K likeliest tokens, 0 = off (default 0)")
-    s.add_argument("--presence", type=_non_negative, default=d.presence, metavar="X",
+    s.add_argument("--presence", type=_setting("presence"), default=d.presence, metavar="X",
                    help=f"presence penalty (default {d.presence})")
-    s.add_argument("--frequency", type=_non_negative, default=d.frequency, metavar="X",
+    s.add_argument("--frequency", type=_setting("frequency"), default=d.frequency, metavar="X",
                    help=f"frequency penalty (default {d.frequency})")
-    s.add_argument("--decay", type=_number(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    s.add_argument("--decay", type=_setting("decay"),
                    default=d.decay, metavar="X",
                    help=f"penalty decay per generated token (default {d.decay})")
-    s.add_argument("--seed", type=int, help="random seed, for a reproducible transcript")
+    s.add_argument("--seed", type=_whole(0, SEED_MAX),
+                   help="random seed, for a reproducible transcript")
     return ap
 
 
@@ -143,7 +151,9 @@ def _dispatch(name: str, argv: list[str]) -> int:
 
 
 def _resolve_model(spec: str) -> Path:
-    path = Path(spec).expanduser()
+    from .safeio import expand
+
+    path = expand(spec)
     if path.exists():
         return path
     try:
@@ -171,7 +181,12 @@ def build_session(args: argparse.Namespace, model_path: Path):
                       max_tokens=args.max_tokens)
     if args.resume:
         # no prefill at all: the file holds the states; its sampler state continues the session
-        session.load_named(args.resume)
+        from . import ui
+        from .autosave import resume
+
+        note = resume(session, args.resume)
+        if note:
+            ui.print_note(note)
     elif args.state:
         session.mount(args.state)  # the prompt is read after the tuned state
     else:

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import hashlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -165,6 +166,9 @@ def _stopped(remote: RemoteFile, part: Path, why: str) -> str:
 
 # --- SPEC -> remote file ---------------------------------------------------------------------
 
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")  # the hub's rule
+
+
 def parse_explicit(spec: str) -> tuple[str, str, str] | None:
     """`owner/repo/path/file.pth` (or a hub URL of it) -> (repo_id, path, revision)."""
     text = spec.strip()
@@ -176,6 +180,9 @@ def parse_explicit(spec: str) -> tuple[str, str, str] | None:
     revision = "main"
     if len(parts) >= 5 and parts[2] in ("blob", "resolve"):
         revision, parts = unquote(parts[3]), parts[:2] + parts[4:]
+    if not all(_REPO_PART.fullmatch(p) for p in parts[:2]):
+        raise ChatRWKVError(f"'{spec[:120]}': not owner/repository/file (a repository name is "
+                            "letters, digits, '-', '_' and '.')")
     return f"{parts[0]}/{parts[1]}", unquote("/".join(parts[2:])), revision
 
 

@@ -24,6 +24,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import ChatRWKVError, CheckpointError
 from .modelnames import newest, parse_release, parse_short_name
+from .safeio import expand
 
 MODEL_SUFFIXES = (".pth", ".safetensors")
 META_SUFFIX = ".json"
@@ -104,13 +105,21 @@ class LocalModel:
     def facts(self) -> FileFacts | None:
         """From the sidecar when it still describes this file, else from the file itself."""
         m = self.meta
-        keys = [f.name for f in dataclasses.fields(FileFacts)]
-        if m.get("size") == self.path.stat().st_size and all(k in m for k in keys):
-            return FileFacts(**{k: m[k] for k in keys})
+        if m.get("size") == self.path.stat().st_size and _facts_fit(m):
+            return FileFacts(**{f.name: m[f.name] for f in dataclasses.fields(FileFacts)})
         try:
             return inspect_checkpoint(self.path)
         except CheckpointError:
             return None
+
+
+def _facts_fit(meta: dict[str, Any]) -> bool:
+    """Whether a sidecar holds every FileFacts field with its type (a hand-edited or damaged
+    sidecar is ignored and the file itself is read)."""
+    kinds = {"int": int, "str": str, "str | None": (str, type(None))}
+    return all(f.name in meta and not isinstance(meta[f.name], bool)
+               and isinstance(meta[f.name], kinds.get(str(f.type), object))
+               for f in dataclasses.fields(FileFacts))
 
 
 def meta_path(model_path: Path) -> Path:
@@ -152,7 +161,7 @@ def resolve_model(name_or_path: str, root: Path | None = None) -> Path:
     """A checkpoint path from `--model`: an existing file, a local model's name or file name,
     the short name it was pulled by (`g1-0.4b`, newest local match), or a unique part of a name.
     """
-    given = Path(name_or_path).expanduser()
+    given = expand(name_or_path)
     if given.is_file():
         return given
     root = models_dir() if root is None else root

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ChatRWKVError
+from .safeio import FileRefused, expand, read_regular
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -70,6 +71,8 @@ def parse_prompt(text: str, name: str) -> Prompt:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PromptError(f"{name}: not a valid TOML prompt file ({e})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise PromptError(f"{name}: not a valid TOML prompt file (nested too deeply)") from None
     fields: dict[str, str] = {}
     for key, required in (("user", True), ("bot", True), ("init", True),
                           ("separator", False), ("description", False)):
@@ -92,9 +95,9 @@ def parse_prompt(text: str, name: str) -> Prompt:
 
 def resolve_prompt_path(spec: str) -> Path:
     """A shipped prompt's name, or a path (with or without `.toml`)."""
-    candidates = [Path(spec).expanduser()]
+    candidates = [expand(spec)]
     if not spec.endswith(".toml"):
-        candidates.append(Path(spec + ".toml").expanduser())
+        candidates.append(expand(spec + ".toml"))
     if "/" not in spec and "\\" not in spec:
         candidates.append(shipped_dir() / (spec.removesuffix(".toml") + ".toml"))
     for path in candidates:
@@ -106,11 +109,9 @@ def resolve_prompt_path(spec: str) -> Path:
 def load_prompt(spec: str | Path) -> Prompt:
     path = resolve_prompt_path(str(spec))
     try:
-        raw = path.read_bytes()[:MAX_PROMPT_BYTES + 1]
-    except OSError as e:
-        raise PromptError(f"{path}: cannot read ({e.strerror})") from None
-    if len(raw) > MAX_PROMPT_BYTES:
-        raise PromptError(f"{path}: too large for a prompt file")
+        raw = read_regular(path, MAX_PROMPT_BYTES, "prompt file")
+    except FileRefused as e:
+        raise PromptError(str(e)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

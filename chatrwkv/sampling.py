@@ -13,6 +13,8 @@ from collections.abc import Callable, Collection
 
 import torch
 
+from .commands import TEMP_MAX
+
 NEG_INF = float("-inf")
 
 
@@ -33,6 +35,48 @@ class SamplingSettings:
         return dataclasses.replace(self, **changes)
 
 
+PENALTY_MAX = 100.0  # a penalty past the logits' whole range bans the token; more overflows fp32
+# field -> (lowest, highest) allowed; every value must also be a finite number of its field's type
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, TEMP_MAX), "top_p": (0.0, 1.0), "top_k": (0, 2**31 - 1),
+    "presence": (0.0, PENALTY_MAX), "frequency": (0.0, PENALTY_MAX), "decay": (0.0, 1.0)}
+
+
+def setting_problem(name: str, value: object, kind: str = "float") -> str | None:
+    """None when `value` is usable for setting `name` (of type `kind`), else the complaint: the
+    one check for command-line options, per-line overrides and loaded session files."""
+    if kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (kind == "int" and not isinstance(value, int)):
+            return f"{name} must be a {'whole ' if kind == 'int' else ''}number"
+        if not math.isfinite(value):
+            return f"{name} must be a finite number"
+        low, high = SETTING_RANGES.get(name, (-math.inf, math.inf))
+        if not low <= value <= high:
+            return f"{name} must be from {low:g} to {high:g}"
+        return None
+    expected = {"str": str, "bool": bool}.get(kind)
+    if expected is not None and not isinstance(value, expected):
+        return f"{name} must be a {kind}"
+    return None
+
+
+def settings_from_dict(data: object) -> SamplingSettings:
+    """SamplingSettings from stored data (a session file), every field checked; ValueError
+    names the first bad one."""
+    if not isinstance(data, dict):
+        raise TypeError("settings must be a table")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(SamplingSettings)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}")
+    for name, value in data.items():
+        problem = setting_problem(name, value, fields[name])
+        if problem:
+            raise ValueError(problem)
+    return SamplingSettings(**data)
+
+
 class Sampler:
     """Built once from its parameters; `sample` draws with an explicit `torch.Generator`."""
 
@@ -48,8 +92,16 @@ class Sampler:
         self.top_k = top_k
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution `sample` draws from (for T > 0), normalized, fp32 on the CPU."""
-        probs = torch.softmax(logits.detach().float().cpu(), dim=-1)
+        """The distribution `sample` draws from (for T > 0), normalized, fp32 on the CPU.
+
+        Never fails on a bad vector: NaN logits are never drawn, +inf logits share all the mass,
+        and a vector with nothing drawable gives all the mass to its first token. Temperature is
+        applied in log space, `exp((log p - log p_max) / T)`, which is the reference's
+        `p ** (1/T)` renormalized, but cannot underflow to all zeros for a small T (at
+        T = 0.01 the reference's fp32 power makes every probability 0) and needs no threshold:
+        the likeliest kept token is always exp(0) = 1."""
+        x = _drawable(logits)
+        probs = torch.softmax(x, dim=-1)
         sorted_probs, sorted_ids = torch.sort(probs, descending=True)
         # top_p = 1 keeps everything: an fp32 cumsum may reach 1.0 early (cutting the tail) or
         # stop just short of it (the reference then falls back to greedy).
@@ -60,13 +112,32 @@ class Sampler:
         if 0 < self.top_k < len(probs):
             probs[sorted_ids[self.top_k:]] = 0.0
         if self.temperature != 1.0:
-            probs = probs ** (1.0 / self.temperature)
+            logp = probs.double().log()
+            scaled = (logp - logp.max()) / self.temperature  # max entry: 0 / T = 0
+            probs = torch.exp(scaled).float()
         return probs / probs.sum()
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator) -> int:
         if self.temperature == 0:
-            return int(torch.argmax(logits))
+            return int(torch.argmax(_drawable(logits)))
         return int(torch.multinomial(self.probs(logits), 1, generator=generator)[0])
+
+
+def _drawable(logits: torch.Tensor) -> torch.Tensor:
+    """fp32 CPU logits any sampler step can take: NaN -> -inf (never drawn); if any +inf, those
+    tokens alone (equal shares: the limit of a huge logit); if nothing is finite, token 0."""
+    x = logits.detach().float().cpu()
+    if bool(torch.isfinite(x).all()):
+        return x
+    x = torch.nan_to_num(x, nan=NEG_INF, posinf=math.inf, neginf=NEG_INF)
+    top = torch.isposinf(x)
+    if bool(top.any()):
+        return torch.where(top, 0.0, NEG_INF)
+    if not bool(torch.isfinite(x).any()):
+        x = torch.full_like(x, NEG_INF)
+        if len(x):
+            x[0] = 0.0
+    return x
 
 
 class Penalty:

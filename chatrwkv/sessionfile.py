@@ -47,9 +47,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from .conversation import Conversation, Hollow, Node, longest_prefix
-from .errors import StateFileError
+from .errors import ChatRWKVError, StateFileError
 from .prompts import Prompt
-from .sampling import SamplingSettings
+from .safeio import FileRefused, check_regular, check_write_target, expand
+from .sampling import SamplingSettings, settings_from_dict
+from .textin import is_valid_text
 
 if TYPE_CHECKING:
     from .events import Snapshot, Turn
@@ -60,13 +62,15 @@ FORMAT_VERSION = 2
 SUFFIX = ".session"
 AUTOSAVE = "last"  # what Ctrl-D / +exit / a closed terminal write, and `--resume` reads
 _GRAIN = 32768  # torch's internal parallel grain size
+REQUIRED_SLOTS = ("chat_init", "chat")
+GENERATED_FROM = ("chat_pre", "gen_0", "gen_1")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
 def home_dir() -> Path:
     """$CHATRWKV_HOME, else $XDG_STATE_HOME/chatrwkv, else ~/.local/state/chatrwkv."""
     if home := os.environ.get("CHATRWKV_HOME"):
-        return Path(home).expanduser()
+        return expand(home)
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "chatrwkv"
 
@@ -92,6 +96,7 @@ def list_sessions(folder: Path | None = None) -> list[str]:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file beside `path`, fsync, rename: a crash leaves the old file or the new one."""
+    check_write_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -162,11 +167,27 @@ def encode_session(session: Session) -> bytes:
             "labels": labels, "previews": previews, "roles": w.roles, "texts": w.texts,
             "stored": w.stored, "branches": tree.branches, "branch": tree.branch,
             "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tensors = _unshared(tensors)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "identity": json.dumps(session.model.identity(), sort_keys=True),
             "body": json.dumps(body, ensure_ascii=False, separators=(",", ":"))}
     return save(tensors, metadata=meta)
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two sharing memory: safetensors refuses tensors that share
+    storage ("Some tensors share memory"), and two stored snapshots can share one (a node
+    rebuilt from a kept snapshot of the same length takes its state as it is; a mounted start is
+    both `init` and the zero snapshot's state)."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        storage = v.untyped_storage().data_ptr()
+        if storage in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    return out
 
 
 class _Writer:
@@ -308,8 +329,38 @@ def _decoded_tokens(obj: Snapshot | Hollow) -> tuple[int, ...] | None:
 def save_session(session: Session, path: Path) -> int:
     """Write `session` to `path` atomically; returns the file size in bytes."""
     data = encode_session(session)
+    remove_stale_temps(path.parent)
     atomic_write(path, data)
     return len(data)
+
+
+STALE_TEMP_SECONDS = 600  # a save writes its temp file in seconds; one this old was killed
+
+
+def remove_stale_temps(folder: Path, now: float | None = None) -> int:
+    """Delete `.NAME.session.*.tmp` files that a killed save left behind (up to the size of a
+    session each); a temp file younger than STALE_TEMP_SECONDS may be another chat's save in
+    progress and is kept. Returns how many were removed."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp") and f"{SUFFIX}." in name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and \
+                    now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -326,13 +377,17 @@ def load_session(session: Session, path: Path) -> Loaded:
     """Read and check a session file for `session`'s model; changes nothing in `session`."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.exists():
+    if not os.path.lexists(path):
         raise StateFileError(f"no saved session '{path.stem}' (in {path.parent})")
+    try:
+        check_regular(path, "session file")
+    except FileRefused as e:
+        raise StateFileError(str(e)) from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not iterable
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise StateFileError(f"{path}: not a readable session file ({str(e)[:120]})") from None
     if meta.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a chatrwkv session file")
@@ -354,7 +409,11 @@ def load_session(session: Session, path: Path) -> Loaded:
             raise StateFileError(f"{path}: saved with another model (differs in "
                                  f"{', '.join(diff)}); the current session is kept")
         return _decode(session, json.loads(meta["body"]), tensors)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+    except ChatRWKVError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted data is damage;
+        # nothing of the session was touched, and every check runs here, before `Loaded`
+        # exists, so a file that passes cannot fail later (a node built, +path, +save)
         raise StateFileError(f"{path}: damaged session file ({type(e).__name__}: "
                              f"{str(e)[:80]})") from None
 
@@ -363,37 +422,63 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
     """The tree, with only the stored snapshots decoded: nothing here runs once per turn."""
     from .events import Snapshot
 
-    state_class, shapes, device = _state_spec(session.model)
+    state_class, shapes, device, dtypes = _state_spec(session.model)
 
     def state_from(prefix: str):
         parts = {k: tensors[f"{prefix}.{k}"] for k in shapes}
         for k, v in parts.items():
             if v.shape != shapes[k]:
                 raise ValueError(f"{prefix}.{k} has shape {list(v.shape)}")
+            _require(v.dtype == dtypes[k] and (not v.is_floating_point()
+                                               or bool(torch.isfinite(v).all())),
+                     f"{prefix}.{k}: finite values of the state's dtype expected")
         return state_class(**{k: v.to(device) for k, v in parts.items()})
 
+    def logits_from(j: int):
+        logits = tensors.get(f"snap{j}.logits")
+        if logits is None:  # only a snapshot of no tokens has no logits (nothing was read)
+            _require(table.n_tokens(j) == 0, f"snap{j}.logits missing")
+            return None
+        _require(logits.dtype == torch.float32 and tuple(logits.shape) == (vocab,)
+                 and bool(torch.isfinite(logits).all()), f"snap{j}.logits")
+        return logits.to(device)
+
+    _require(isinstance(body, dict), "body")
+    _require(isinstance(body["tokenizer"], str), "tokenizer")
     if body["tokenizer"] != session.tokenizer.name:
         raise StateFileError(f"session uses the {body['tokenizer']} tokenizer, "
                              f"this chat the {session.tokenizer.name} one")
-    table = _Table(body, tensors, session.model.config.vocab_size)
+    vocab = session.model.config.vocab_size
+    table = _Table(body, tensors, vocab)
     tree = Conversation(session.tree.max_live)
+    _require(isinstance(body["stored"], list) and len(set(map(_int_or_none, body["stored"])))
+             == len(body["stored"]), "stored rows")
     for j in body["stored"]:
-        if not (isinstance(j, int) and 0 <= j < table.n_rows):
+        if not (_is_int(j) and 0 <= j < table.n_rows):
             raise ValueError("stored row out of range")
         twin = table.hollow(j)
-        logits = tensors.get(f"snap{j}.logits")
-        snap = Snapshot(state_from(f"snap{j}"), None if logits is None else logits.to(device),
+        snap = Snapshot(state_from(f"snap{j}"), logits_from(j),
                         twin.tokens, twin.transcript, twin.settings)
         table.snapshots[j] = snap
         tree.twins[id(snap)] = (snap, twin)
     tree.adopt(table.n_nodes, table.node)
-    tree.branches = {str(k): int(v) for k, v in body["branches"].items()}
-    tree.branch = str(body["branch"])
-    tree.current = int(body["current"])
-    tree.redo_stack = [int(x) for x in body["redo"]]
+    branches, branch = body["branches"], body["branch"]
+    _require(isinstance(branches, dict) and all(
+        isinstance(k, str) and _NAME.fullmatch(k) and _is_int(v) for k, v in branches.items())
+        and isinstance(branch, str) and branch in branches, "branches")
+    _require(_is_int(body["current"]) and isinstance(body["redo"], list)
+             and all(map(_is_int, body["redo"])), "current node and redo stack")
+    _require(body.get("mounted") is None or isinstance(body["mounted"], str), "mounted")
+    tree.branches = dict(branches)
+    tree.branch = branch
+    tree.current = body["current"]
+    tree.redo_stack = list(body["redo"])
     heads = {tree.current, *tree.branches.values(), *tree.redo_stack}
     if any(n not in tree.nodes for n in heads):
         raise ValueError("node index out of range")
+    # the sampler's state: set on a scratch generator, so a bad one fails here, not after the
+    # tree was swapped in
+    torch.Generator().set_state(tensors["rng"])
     for node_id in {tree.current, *tree.branches.values()}:
         tree.live[node_id] = None
         tree.holding.add(node_id)
@@ -404,7 +489,8 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
 _SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
+def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device,
+                                dict[str, torch.dtype]]:
     """The model's state class, field shapes and device, from one zero state per model (a 1.5B
     model's is 13 MB: allocating it at every resume would cost more than the rest)."""
     try:
@@ -413,7 +499,8 @@ def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
         spec = None
     if spec is None:
         zero = model.zero_state()
-        spec = type(zero), {k: v.shape for k, v in zero.tensors().items()}, zero.device
+        spec = (type(zero), {k: v.shape for k, v in zero.tensors().items()}, zero.device,
+                {k: v.dtype for k, v in zero.tensors().items()})
         with contextlib.suppress(TypeError):
             _SPECS[model] = spec
     return spec
@@ -422,6 +509,34 @@ def _state_spec(model) -> tuple[type, dict[str, torch.Size], torch.device]:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(what)
+
+
+def _is_int(x: object) -> bool:
+    return type(x) is int
+
+
+def _int_or_none(x: object) -> int | None:
+    return x if type(x) is int else None
+
+
+def _strings(items: object) -> bool:
+    """A list of valid strings; C-level calls only (no Python call per item: resume cost)."""
+    return isinstance(items, list) and set(map(type, items)) <= {str} \
+        and is_valid_text("\x00".join(items))
+
+
+def _prompt(data: object) -> Prompt:
+    """A Prompt from stored data, each field checked (the chat formats turns with them)."""
+    if not isinstance(data, dict):
+        raise TypeError("prompt must be a table")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Prompt)}
+    _require(set(data) <= set(fields), "unknown prompt field")
+    for name, value in data.items():
+        if fields[name] == "str":
+            _require(isinstance(value, str) and is_valid_text(value), f"prompt {name}")
+    prompt = Prompt(**data)
+    _require(all(x and "\n" not in x for x in (prompt.user, prompt.bot)), "prompt speakers")
+    return prompt
 
 
 class _Table:
@@ -434,9 +549,11 @@ class _Table:
         self.node_prompt, self.node_slots = tensors["node.prompt"], tensors["node.slots"]
         self.roles, self.texts = body["roles"], body["texts"]
         self.labels, self.previews = body["labels"], body["previews"]
-        self.slot_names = [str(k) for k in body["slot_names"]]
-        self.prompts = [Prompt(**p) for p in body["prompts"]]
-        self.settings = [SamplingSettings(**s) for s in body["settings"]]
+        self.slot_names = body["slot_names"]
+        _require(isinstance(body["prompts"], list) and isinstance(body["settings"], list),
+                 "prompt and settings lists")
+        self.prompts = [_prompt(p) for p in body["prompts"]]
+        self.settings = [settings_from_dict(s) for s in body["settings"]]
         self.n_rows, self.n_nodes = len(self.tok), len(self.parent)
         self._check(vocab_size)
         self._hollows: list[Hollow | None] = [None] * self.n_rows
@@ -445,13 +562,13 @@ class _Table:
     def _check(self, vocab_size: int) -> None:
         """Every index in range, every length consistent: a few tensor ops, whatever the size."""
         flat, tok, turn, n, s = self.flat, self.tok, self.turn, self.n_nodes, self.n_rows
-        _require(all(isinstance(x, list) for x in (self.roles, self.texts, self.labels,
-                                                  self.previews)), "lists expected")
+        _require(all(_strings(x) for x in (self.roles, self.texts, self.labels, self.previews,
+                                           self.slot_names)), "lists of text expected")
         _require(flat.dtype == torch.int32 and flat.dim() == 1, "tokens: int32 vector expected")
         # in pieces below torch's parallel grain: no wake-up of its thread pool (which costs
         # milliseconds on a busy machine) for a scan of a few microseconds
         _require(all(int(c.min()) >= 0 and int(c.max()) < vocab_size
-                     for c in flat.split(_GRAIN)), "token id out of range")
+                     for c in flat.split(_GRAIN) if c.numel()), "token id out of range")
         ints = (tok, turn, self.setting_rows, self.parent, self.node_prompt, self.node_slots)
         _require(all(t.dtype == torch.int64 for t in ints), "int64 tables expected")
         _require(tok.shape == (s, 4) and turn.shape == (s, 4) and self.setting_rows.shape == (s,),
@@ -473,6 +590,17 @@ class _Table:
         _require(bool(((self.node_prompt >= 0) & (self.node_prompt < len(self.prompts))).all()),
                  "prompt index")
         _require(bool(((self.node_slots >= -1) & (self.node_slots < s)).all()), "slot index")
+        # every node has the slots the commands start from (`+path`, a message, `+reset`)
+        _require(all(k in self.slot_names for k in REQUIRED_SLOTS), "required slots")
+        for k in REQUIRED_SLOTS:
+            _require(bool((self.node_slots[:, self.slot_names.index(k)] >= 0).all()),
+                     f"a node without '{k}'")
+        # the slots a reply is sampled from hold tokens (so they have logits)
+        for k in GENERATED_FROM:
+            if k in self.slot_names:
+                rows = self.node_slots[:, self.slot_names.index(k)]
+                rows = rows[rows >= 0]
+                _require(bool((tok[rows, 3] > 0).all()), f"an empty '{k}'")
 
     # --- HollowSource: one row's tokens / turns, walking its few anchors -----------------------
 

@@ -22,21 +22,21 @@ from pathlib import Path
 
 import torch
 
-from .errors import StateFileError
+from .errors import StateFileError, first_line
+from .safeio import FileRefused, check_regular
 from .state import State
 
-KEY = re.compile(r"blocks\.(\d+)\.att\.time_state")
+KEY = re.compile(r"blocks\.(\d{1,6})\.att\.time_state")
 TRANSPOSED_VERSIONS = ("5", "6")  # version prefixes whose reference state is [H, N_k, N_v]
 
 
 def read_time_states(path: Path | str) -> dict[int, torch.Tensor]:
     """Layer -> time_state tensor, from a .pth or safetensors file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise StateFileError(f"{path}: no such state file")
-    from safetensors import SafetensorError
-
-    raw: dict
+    try:
+        path = check_regular(path, "state file")
+    except FileRefused as e:
+        raise StateFileError(str(e)) from None
+    raw: object
     try:
         with open(path, "rb") as f:
             magic = f.read(8)
@@ -45,10 +45,13 @@ def read_time_states(path: Path | str) -> dict[int, torch.Tensor]:
         else:
             from safetensors.torch import load_file
             raw = load_file(str(path))
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError,
-            SafetensorError) as e:
+    except pickle.UnpicklingError:
+        raise StateFileError(f"{path}: not a readable state-tuning file: it holds Python "
+                             "objects or code, not only tensors") from None
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: a flipped byte surfaces as any
+        # of KeyError, IndexError, TypeError, AttributeError, AssertionError, ...
         raise StateFileError(f"{path}: not a readable state-tuning file "
-                             f"({type(e).__name__}: {str(e)[:100]})") from None
+                             f"({type(e).__name__}: {first_line(e, 100)})") from None
     if not isinstance(raw, dict):
         raise StateFileError(f"{path}: not a state-tuning file (no tensor dict)")
     out: dict[int, torch.Tensor] = {}
@@ -81,6 +84,9 @@ def mount_state(path: Path | str, model) -> State:
         if tuple(t.shape) != want:
             raise StateFileError(f"{name}: layer {i} time_state is {list(t.shape)}, the model "
                                  f"needs [heads {want[0]}, head size {want[1]}, {want[2]}]")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise StateFileError(f"{name}: layer {i} time_state holds NaN, infinite or "
+                                 "non-float values")
         if version.startswith(TRANSPOSED_VERSIONS):
             t = t.transpose(1, 2)
         state.wkv[i].copy_(t.float())

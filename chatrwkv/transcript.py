@@ -15,9 +15,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ChatRWKVError
+from .errors import ChatRWKVError, first_line
 from .events import Snapshot, Turn
 from .prompts import Prompt
+from .safeio import FileRefused, read_regular
+from .textin import valid_text
 
 if TYPE_CHECKING:
     from .session import Session
@@ -51,21 +53,28 @@ def to_markdown(turns: tuple[Turn, ...], prompt: Prompt) -> str:
 
 
 def read_json(path: Path) -> list[dict[str, str]]:
+    """The messages of a JSON transcript; TranscriptError (one line) for anything else. Text is
+    made valid here, where it enters (a `\\udce9` escape is a lone surrogate: U+FFFD)."""
     try:
-        if path.stat().st_size > MAX_IMPORT_BYTES:
-            raise TranscriptError(f"{path}: too large to import")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TranscriptError(f"{path}: cannot read a JSON transcript ({e})") from None
+        raw = read_regular(path, MAX_IMPORT_BYTES, "JSON transcript")
+    except FileRefused as e:
+        raise TranscriptError(str(e)) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: bad JSON, or an integer past Python's 4300-digit limit;
+        # RecursionError: arrays or objects nested thousands deep
+        why = "nested too deeply" if isinstance(e, RecursionError) else first_line(e, 120)
+        raise TranscriptError(f"{path}: cannot read a JSON transcript ({why})") from None
     if not isinstance(data, list) or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str)
             and isinstance(m.get("content"), str) for m in data):
         raise TranscriptError(f"{path}: expected a list of {{role, content}} messages")
     for m in data:
         if m["role"] not in ("system", "user", "assistant"):
-            raise TranscriptError(f"{path}: unknown role '{m['role']}' "
+            raise TranscriptError(f"{path}: unknown role '{valid_text(m['role'][:40])}' "
                                   "(use system, user, assistant)")
-    return data
+    return [{**m, "content": valid_text(m["content"])} for m in data]
 
 
 def rebuild(session: Session, messages: list[dict[str, str]]) -> tuple[dict[str, Snapshot], int]:
@@ -75,7 +84,11 @@ def rebuild(session: Session, messages: list[dict[str, str]]) -> tuple[dict[str,
     p = session.prompt
     system = [m["content"] for m in messages if m["role"] == "system"]
     init = system[0] if system else p.init
-    init_snap = session.feed(session.zero(), init, (Turn("prompt", init),), session.settings)
+    if init:
+        init_snap = session.feed(session.zero(), init, (Turn("prompt", init),), session.settings)
+    else:  # an empty system message: the conversation starts from the start state itself
+        zero = session.zero()
+        init_snap = Snapshot(zero.state, zero.logits, (), (Turn("prompt", ""),), session.settings)
     # everything up to the last reply's "Bot:" (chat_pre), then the last reply
     pieces: list[tuple[str, Turn]] = []
     for m in messages:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import autosave, sessionfile, transcript
 from . import commands as C
-from . import sessionfile, transcript
 from .conversation import Conversation, Hollow, Node, first_words
 from .errors import ChatRWKVError
 from .events import Event, Info, ShowTranscript, ShowTree, Snapshot, TreeRow
+from .safeio import expand
 from .sampling import SamplingSettings
 from .statetune import mount_state
 
@@ -95,7 +96,7 @@ class TreeCommands:
         yield ShowTranscript(turns)
 
     def _on_save(self, cmd: C.Save, settings: SamplingSettings) -> Iterator[Event]:
-        path = sessionfile.session_path(cmd.name, self.states_folder)
+        path = self._session_path(cmd.name)
         size = sessionfile.save_session(self, path)
         yield Info(f"saved '{cmd.name}' ({size / 1e6:.1f} MB, {len(self.tree.nodes)} turns) "
                    f"to {path}")
@@ -109,7 +110,7 @@ class TreeCommands:
         yield Info(", ".join(names) if names else f"no saved sessions in {self.states_folder}")
 
     def _on_export(self, cmd: C.Export, settings: SamplingSettings) -> Iterator[Event]:
-        path = Path(cmd.path).expanduser()
+        path = expand(cmd.path)
         if not path.parent.is_dir():  # a typo in a folder name must not create folders
             raise ChatRWKVError(f"cannot write {path}: no folder {path.parent} (create it first)")
         turns = self.slots["chat"].transcript
@@ -119,7 +120,7 @@ class TreeCommands:
         yield Info(f"wrote {path}")
 
     def _on_import(self, cmd: C.Import, settings: SamplingSettings) -> Iterator[Event]:
-        messages = transcript.read_json(Path(cmd.path).expanduser())
+        messages = transcript.read_json(expand(cmd.path))
         slots, tokens = transcript.rebuild(self, messages)
         self.slots = slots
         self.record("import", first_words(Path(cmd.path).name))
@@ -133,8 +134,7 @@ class TreeCommands:
 
     def load_named(self, name: str) -> None:
         """Replace the whole session by a saved one; raises StateFileError and changes nothing."""
-        loaded = sessionfile.load_session(self, sessionfile.session_path(name,
-                                                                         self.states_folder))
+        loaded = sessionfile.load_session(self, self._session_path(name, reading=True))
         tree: Conversation = loaded.tree
         old = self.tree, self.initial_state
         self.tree, self.initial_state = tree, loaded.initial_state
@@ -147,8 +147,12 @@ class TreeCommands:
         self.mounted_name = loaded.mounted_name
         self.generator.set_state(loaded.rng)
 
+    def _session_path(self, name: str, reading: bool = False) -> Path:
+        """states/NAME.session; `last` is this model's own (see autosave.py)."""
+        return autosave.path_for(name, self.states_folder, self.model.identity(), reading)
+
     def save_named(self, name: str) -> Path:
-        path = sessionfile.session_path(name, self.states_folder)
+        path = self._session_path(name)
         sessionfile.save_session(self, path)
         return path
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +22,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import commands as C
+from .autosave import autosave as save_last
 from .completion import ChatCompleter
 from .errors import ChatRWKVError
+from .history import PrivateHistory
 from .session import (
     Chunk,
     Event,
@@ -38,8 +40,9 @@ from .session import (
     ShowTree,
     Stats,
 )
-from .sessionfile import AUTOSAVE, home_dir, list_sessions
+from .sessionfile import home_dir, list_sessions
 from .termtext import terminal_safe
+from .textin import valid_text
 from .typeahead import quiet_keys
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
@@ -128,7 +131,7 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) 
 
 def _run_command(session: Session, line: str) -> Iterator[Event]:
     with ctrl_c_stops(session):
-        yield from session.handle(C.parse(line))
+        yield from session.handle(C.parse(valid_text(line)))  # made valid where it enters
 
 
 # --- interactive mode --------------------------------------------------------------------------
@@ -137,6 +140,7 @@ class Terminal:
     def __init__(self, session: Session, console: Console | None = None):
         self.session = session
         self.console = console or Console(highlight=False)
+        self.history: PrivateHistory | None = None
 
     def banner(self) -> None:
         s, p = self.session, self.session.prompt
@@ -219,9 +223,10 @@ class Terminal:
         try:
             folder = home_dir()
             folder.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(folder / "history"))
-        except OSError as e:
-            self.console.print(Text(f"(history not kept: {e.strerror})", style="dim"))
+            history = self.history = PrivateHistory(str(folder / "history"))
+        except (OSError, ChatRWKVError) as e:
+            self.console.print(Text(f"(history not kept: {getattr(e, 'strerror', None) or e})",
+                                    style="dim"))
         s = self.session
         completer = ChatCompleter(sessions=lambda: list_sessions(s.states_folder),
                                   branches=lambda: s.tree.branches)
@@ -234,6 +239,8 @@ class Terminal:
         block cancels the block, not the chat)."""
         p = self.session.prompt
         text = prompt_session.prompt(f"{p.user}{p.separator} ")
+        for note in self.history.take_notes() if self.history else ():
+            self.console.print(Text(f"({note})", style="dim"))
         if text.strip() != BLOCK:
             return text
         lines = []
@@ -261,40 +268,72 @@ class Terminal:
 
 
 class HangUp(Exception):
-    """The terminal closed (SIGHUP): leave through the autosave."""
+    """The terminal closed (SIGHUP) or the process was asked to end (SIGTERM): leave through
+    the autosave."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
-def _on_hangup(signum, frame):
-    raise HangUp
+def _on_signal(signum, frame):
+    from prompt_toolkit.application import get_app_or_none
+
+    app = get_app_or_none()
+    if app is not None and app.is_running and not app.future.done():
+        # leave the prompt through its own exit: an exception raised across prompt_toolkit's
+        # event loop leaves a task behind that asyncio reports as a traceback on the way out
+        app.exit(exception=HangUp(128 + signum))
+        return
+    raise HangUp(128 + signum)
 
 
 def autosave(session: Session, resume_command: str = "chatrwkv --resume") -> None:
-    """Save the session as `last` (what `--resume` reads); a failure is one line, not a crash.
-    `resume_command` is the command line that continues it, shown in the closing note."""
+    """Save the session as this model's `last` (what `--resume` reads); a failure is one line,
+    never a traceback, and a dead terminal (closed window) is not written to."""
+    saved, line = save_last(session)
     try:
-        path = session.save_named(AUTOSAVE)
-    except (OSError, ChatRWKVError) as e:
-        print_error(f"autosave failed: {e}")
-        return
-    if sys.stderr.isatty():
-        print(f"session saved; `{resume_command}` continues it ({path})", file=sys.stderr)
+        if not saved and line:
+            print_error(line)
+        elif saved and sys.stderr.isatty():
+            print(f"session saved; `{resume_command}` continues it ({line})", file=sys.stderr)
+    except OSError:
+        pass  # the terminal is gone: the file is written, there is no one to tell
+
+
+def _piped_lines() -> Iterable[str]:
+    """stdin lines, with bytes that are not UTF-8 as U+FFFD (say so: replaced, not escaped)."""
+    if sys.stdin is None:
+        return ()
+    if hasattr(sys.stdin, "reconfigure"):
+        try:
+            sys.stdin.reconfigure(errors="replace")
+        except (ValueError, OSError):
+            pass
+    return sys.stdin
 
 
 def run(session: Session, interactive: bool, save_at_exit: bool = True,
         resume_command: str = "chatrwkv --resume") -> int:
-    """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP)."""
-    previous = signal.signal(signal.SIGHUP, _on_hangup) if hasattr(signal, "SIGHUP") else None
+    """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP,
+    SIGTERM, Ctrl-C while piped input waits)."""
+    handled = [s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None]
+    previous = {s: signal.signal(s, _on_signal) for s in handled}
     code = 0
     try:
         if interactive:
             code = Terminal(session).loop()
         else:
-            code = run_piped(session, sys.stdin, sys.stdout, sys.stderr)
-    except HangUp:
+            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr)
+    except HangUp as e:
+        code = e.code
+    except KeyboardInterrupt:  # Ctrl-C while piped mode waits for a line
+        code = 130
+    except OSError:  # the terminal went away under the prompt (EIO) or stdout closed
         code = 129
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGHUP, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if save_at_exit:
             autosave(session, resume_command)
     return code

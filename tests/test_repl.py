@@ -223,6 +223,10 @@ def test_autosave_hint_names_the_command_that_resumes(tmp_path, monkeypatch, cap
         "chatrwkv --model 'my models/x.pth' --resume"
 
     class Saved:
+        tree = type("Tree", (), {"nodes": [0, 1]})()  # a chat with one turn: worth saving
+        states_folder = tmp_path
+        model = type("Model", (), {"identity": lambda self: {"fingerprint": "abc"}})()
+
         def save_named(self, name):
             return tmp_path / f"{name}.session"
 

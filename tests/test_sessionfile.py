@@ -203,7 +203,8 @@ def test_piped_chat_autosaves_and_cli_resumes(tmp_path):
     first = subprocess.run(cmd, input="+gen hello bot\n+branch side\n", capture_output=True,
                            text=True, timeout=120, env=env, check=False)
     assert first.returncode == 0, first.stderr
-    assert (tmp_path / "home" / "states" / "last.session").exists()
+    # `last` is per model: states/last/FINGERPRINT.session
+    assert len(list((tmp_path / "home" / "states" / "last").glob("*.session"))) == 1
     second = subprocess.run([*cmd, "--resume"], input="+tree\n", capture_output=True,
                             text=True, timeout=120, env=env, check=False)
     assert second.returncode == 0, second.stderr

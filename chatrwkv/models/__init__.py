@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
-from ..errors import CheckpointError, first_line
+from ..errors import ChatRWKVError, CheckpointError, first_line
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel, resolve_device, resolve_dtype
+from .pages import PageReleaser
 from .v4 import RWKV4
 from .v5 import RWKV5
 from .v6 import RWKV6
@@ -67,14 +68,21 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
     cache = None
     if use_cache and "cache" in inspect.signature(cls.__init__).parameters:
         cache = open_cache(ckpt.path, ckpt.fingerprint(), dt, notice)
+    # Matrices a valid cache serves were checked when it was built from this very file (same
+    # fingerprint, size, mtime): a second start does not read the whole checkpoint again.
     try:
+        ckpt.check_finite(skip=cache.served_keys() if cache is not None else (),
+                          release=PageReleaser(ckpt.path).release)
         model = cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len,
                     **({"cache": cache} if cache is not None else {}))
     except BaseException as e:
         if cache is not None:
             cache.abort()
-        if not isinstance(e, (RuntimeError, OSError)):
+        if isinstance(e, ChatRWKVError) or not isinstance(
+                e, (RuntimeError, OSError, ValueError, TypeError, IndexError, KeyError)):
             raise
+        # shapes that passed each tensor's check but not the builder's arithmetic are a file the
+        # loader does not understand: one line, not a traceback
         # A damaged tensor in an mmap-ed file surfaces only when it is read; anything else
         # (a missing optional library, say) is not the file's fault and is not called damage.
         what = "damaged checkpoint" if _is_read_error(e) else "cannot load the model"

@@ -146,6 +146,10 @@ class WeightCache:
     def reading(self) -> bool:
         return self._reader is not None and self._spoiled is None
 
+    def served_keys(self) -> set[str]:
+        """Checkpoint keys this cache will restore (none when it is being written)."""
+        return set(self._parts) if self._reader is not None and self._spoiled is None else set()
+
     def matrix(self, key: str, build: Callable[[], P],
                restore: Callable[[dict[str, torch.Tensor]], P]) -> P:
         """The prepared matrix `key`: restored from the cache file, else built (and written)."""

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..safeio import FileRefused, expand, read_regular
 from .base import Tokenizer
 from .stream import StreamDecoder
 
@@ -30,6 +31,7 @@ WORLD_ROWS = 65536
 PILE_ROWS = 50277
 WORLD_VOCAB = "rwkv_vocab_v20230424.txt"
 PILE_JSON = "20B_tokenizer.json"
+MAX_TOKENIZER_BYTES = 64 << 20  # the shipped ones are 1-2 MB
 
 __all__ = ["StreamDecoder", "Tokenizer", "TokenizerError", "load_tokenizer"]
 
@@ -41,7 +43,7 @@ def load_tokenizer(vocab_size: int, path: str | Path | None = None) -> Tokenizer
     ids the model has no rows for: the wrong tokenizer gives gibberish, so it is refused.
     """
     if path is not None:
-        tokenizer = _load_file(str(Path(path).expanduser().resolve()), vocab_size)
+        tokenizer = _load_file(str(expand(path).resolve()), vocab_size)
     elif vocab_size == WORLD_ROWS:
         tokenizer = _load_builtin("world", vocab_size)
     elif vocab_size == PILE_ROWS:
@@ -75,8 +77,10 @@ def _load_builtin(kind: str, vocab_size: int) -> Tokenizer:
 def _load_file(path: str, vocab_size: int) -> Tokenizer:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_regular(file, MAX_TOKENIZER_BYTES, "tokenizer file").decode("utf-8")
+    except FileRefused as e:
+        raise TokenizerError(f"cannot read tokenizer: {e}") from None
+    except UnicodeDecodeError as e:
         raise TokenizerError(f"cannot read tokenizer {path}: {e}") from None
     if file.suffix.lower() == ".json":
         from .pile import HFTokenizer
