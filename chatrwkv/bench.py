@@ -9,17 +9,20 @@ the same for chatrwkv and for the official `rwkv` package (`--reference`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
+from .cli import quiet_openmp
 from .errors import ChatRWKVError
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +39,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
     return value
 
 
@@ -59,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=_positive, default=_default_threads(), metavar="N",
                     help="torch CPU threads (default: all usable cores)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    ap.add_argument("--busy", type=_non_negative, default=0, metavar="N",
+                    help="run N CPU-bound busy loops (other processes) during each measurement: "
+                    "a machine that is not quiet, like a laptop with a browser open (default 0)")
     ap.add_argument("--reference", action="store_true",
                     help="also run the official rwkv package on the same file (.pth only)")
     ap.add_argument("--reference-strategy", metavar="S",
@@ -69,23 +82,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- parent: plan, run workers, compare ---------------------------------------------------------
 
-def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+# `python -m chatrwkv.bench_worker` would put the current directory first on sys.path, so a
+# source tree there (a clone whose C extension is not built, say) would shadow this package and
+# be measured instead. The worker starts from a bootstrap that puts this package's root first
+# and drops the current directory; it reports the package it ran, and the parent checks it.
+_WORKER_BOOT = ("import os, runpy, sys; root = sys.argv.pop(1); "
+                "sys.path[:] = [root] + [p for p in sys.path if p not in ('', os.getcwd())]; "
+                "runpy.run_module('chatrwkv.bench_worker', run_name='__main__', alter_sys=True)")
+
+
+def package_dir() -> str:
+    """The directory of the chatrwkv package this process runs."""
+    return str(Path(__file__).resolve().parent)
+
+
+def worker_command(spec_path: Path, out_path: Path) -> list[str]:
+    return [sys.executable, "-c", _WORKER_BOOT, str(_PACKAGE_ROOT), str(spec_path),
+            str(out_path)]
+
+
+BUSY_LOOP = "while True: pass"
+
+
+@contextlib.contextmanager
+def competing(n: int) -> Iterator[list[subprocess.Popen]]:
+    """`n` CPU-bound processes running for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL)
+             for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _run_worker(spec: dict[str, Any], busy: int = 0) -> dict[str, Any]:
     """Run one engine on one model in a fresh process; an error becomes {"error": line}."""
-    with tempfile.TemporaryDirectory(prefix="chatrwkv-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="chatrwkv-bench-") as tmp, competing(busy):
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
-        # The worker must import this very chatrwkv, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
-                                                        env.get("PYTHONPATH")) if p)
-        proc = subprocess.run([sys.executable, "-m", "chatrwkv.bench_worker", str(spec_path),
-                               str(out_path)], check=False, capture_output=True, text=True,
-                              env=env)
+        quiet_openmp(env)  # as the chat runs
+        proc = subprocess.run(worker_command(spec_path, out_path), check=False,
+                              capture_output=True, text=True, env=env)
         if out_path.exists():
             result = json.loads(out_path.read_text())
         else:
             lines = proc.stderr.strip().splitlines()
             result = {"error": lines[-1] if lines else f"worker exit status {proc.returncode}"}
+    if "error" not in result and result.get("package") != package_dir():
+        result = {"error": f"the worker ran chatrwkv from {result.get('package')}, not from "
+                  f"{package_dir()}: its figures are not this install's"}
     result.setdefault("engine", spec["engine"])
     result.setdefault("label", spec["label"])
     return result
@@ -147,6 +195,11 @@ def _machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+MEASURES = ("engine speed: forward passes with a greedy argmax, no sampling or detokenizing; "
+            "the chat's stats line is end to end (time to first token, and decode over wall "
+            "time with sampling, detokenizing and printing)")
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every (model, dtype), plus the official package per model; return the report."""
     from .models.base import resolve_device
@@ -160,7 +213,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         strategy = default_strategy(device.type, dtypes[0])
     protocol = {"prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
                 "runs": args.runs, "threads": args.threads, "seed": args.seed,
-                "warmup": "one untimed prefill of the prompt and two decode steps"}
+                "busy_processes": args.busy,
+                "warmup": "one untimed prefill of the prompt and two decode steps",
+                "measures": MEASURES}
     report: dict[str, Any] = {"machine": _machine(device), "protocol": protocol, "models": []}
     for spec in args.models:
         facts = _model_facts(_resolve(spec))
@@ -173,13 +228,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             _progress(f"chatrwkv {dtype or '(default dtype)'} on {facts['path']}")
             results.append(_run_worker({**base, "engine": "chatrwkv", "device": str(device),
                                         "dtype": dtype, "chunk_len": args.chunk_len,
-                                        "label": f"chatrwkv {dtype or 'default'}"}))
+                                        "label": f"chatrwkv {dtype or 'default'}"},
+                                       args.busy))
         if args.reference:
             _progress(f"official {strategy} on {facts['path']}")
             ref_spec = {**base, "engine": "official", "strategy": strategy,
                         "label": f"official {strategy}"}
             if Path(facts["path"]).suffix == ".pth":
-                ref = _run_worker(ref_spec)
+                ref = _run_worker(ref_spec, args.busy)
             else:  # its loader appends '.pth' to the name
                 ref = {"engine": "official", "label": ref_spec["label"],
                        "error": "the official package reads only .pth files"}
@@ -221,7 +277,8 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
     table = Table(title="chatrwkv bench", caption=(
         f"prefill: {p['prompt_len']} random tokens; decode: {p['decode_tokens']} greedy tokens; "
         f"tok/s as median (min-max) of {p['runs']} run(s) after a warm-up; "
-        f"{p['threads']} thread(s); {m.get('gpu') or m['cpu']}; torch {m['torch']}; RSS/w: peak "
+        f"{p['threads']} thread(s); {_busy(p)}{m.get('gpu') or m['cpu']}; torch {m['torch']}; "
+        f"{p.get('measures', MEASURES)}; RSS/w: peak "
         "RSS / weight bytes; own/w: (peak RSS - RSS before loading) / weight bytes"))
     versus = Table(title="chatrwkv / official (speed: higher is better; load, RSS: lower)")
     # RSS/w counts the interpreter and torch (~220 MiB here) too; own/w leaves out what the
@@ -245,7 +302,10 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
                 rss += f" (GPU {_mib(r['gpu_peak_bytes'])})"
             weights = max(r["weight_bytes"], 1)
             own = r["rss_peak_bytes"] - r["rss_baseline_bytes"]
-            table.add_row(name, r["label"], f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
+            engine = Text(r["label"])
+            if r.get("engine_path"):
+                engine.append(f"\n{r['engine_path']}", style="dim")
+            table.add_row(name, engine, f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
                           f"{r['rss_peak_bytes'] / weights:.2f}", f"{own / weights:.2f}",
                           _speed(r["prefill_tok_s"]), _speed(r["decode_tok_s"]),
                           f"{r['state_bytes'] / 1024:.0f}")
@@ -258,6 +318,11 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
         console.print(versus)
     for line in errors:
         console.print(Text(line, style="red"), soft_wrap=True)
+
+
+def _busy(p: dict[str, Any]) -> str:
+    n = p.get("busy_processes", 0)
+    return f"{n} competing busy process(es); " if n else "no competing process; "
 
 
 def _times(x: float | None) -> str:
