@@ -155,3 +155,21 @@ def test_stalled_pool_runs_phases_alone_with_the_same_logits(v7_path):
     last = pooled.pool()
     assert last.stalls - after.stalls == phases_per_step
     assert last.solo_phases == after.solo_phases
+
+
+def test_banner_names_the_engine_path():
+    import io
+
+    from chat_fakes import FakeModel, FakeTokenizer
+    from rich.console import Console
+
+    from chatrwkv.prompts import Prompt
+    from chatrwkv.session import Session
+    from chatrwkv.ui import Terminal
+
+    model = FakeModel()
+    model.engine_path = "torch fallback (C extension not built: test)"
+    prompt = Prompt(name="t", user="User", bot="Bot", init="\nUser: hi\n\nBot: hello\n\n")
+    out = io.StringIO()
+    Terminal(Session(model, FakeTokenizer(), prompt), Console(file=out, width=200)).banner()
+    assert "engine: torch fallback (C extension not built: test)" in out.getvalue()
