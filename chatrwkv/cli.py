@@ -194,10 +194,10 @@ def build_session(args: argparse.Namespace, model_path: Path):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_openmp(os.environ)  # first: the parser's defaults already import torch
     if argv and argv[0] in SUBCOMMANDS:
         return _dispatch(argv[0], argv)
     args = build_parser().parse_args(argv)
-    quiet_openmp(os.environ)  # before anything loads torch (the next import does)
     from . import ui
     from .defaults import DEMO_BANNER, DEMO_MODEL, DEMO_PROMPT
 

@@ -103,11 +103,19 @@ def test_chat_entry_point_quiets_openmp_before_torch_loads():
     mine = {"OMP_WAIT_POLICY": "ACTIVE"}
     cli.quiet_openmp(mine)
     assert mine == {"OMP_WAIT_POLICY": "ACTIVE"}              # the user's choice stands
-    # OpenMP reads the variable once, when torch loads it: the CLI module must not load torch.
-    code = "import sys, chatrwkv.cli; print('torch' in sys.modules)"
+    # OpenMP reads the variable once, when torch loads it: the entry point must set it before
+    # anything it runs imports torch (the argument parser's defaults do).
+    code = ("import sys, chatrwkv.cli as cli\n"
+            "real = cli.quiet_openmp\n"
+            "def spy(env):\n"
+            "    print('torch loaded first:', 'torch' in sys.modules)\n"
+            "    real(env)\n"
+            "cli.quiet_openmp = spy\n"
+            "cli.main(['--model', 'no-such-model.pth', '--no-autosave'])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "False"
+                         check=False, env={k: v for k, v in os.environ.items()
+                                           if k != "OMP_WAIT_POLICY"}).stdout
+    assert out.strip() == "torch loaded first: False"
 
 
 def test_threads_option_reaches_torch_and_the_c_pool(monkeypatch, tmp_path):
