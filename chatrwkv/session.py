@@ -160,7 +160,7 @@ class Session(TreeCommands):
         self.prompt = prompt
         self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
         self.slots["chat_init"] = self.slots["chat"] = snap
-        self.record(label, f"{label} {prompt.name}")
+        self.record(label, prompt.name)  # the tree shows "prompt NAME", "state NAME"
         return timing
 
     def _cached_prompt(self, prompt: Prompt, timing: Timing) -> Snapshot:
@@ -177,8 +177,9 @@ class Session(TreeCommands):
         cache.store(ids, snap.state, snap.logits)
         return snap
 
-    def record(self, label: str, preview: str, sibling: bool = False) -> None:
-        self.tree.add(self.slots, self.prompt, label, preview, sibling)
+    def record(self, label: str, preview: str, sibling: bool = False,
+               above: str | None = None) -> None:
+        self.tree.add(self.slots, self.prompt, label, preview, sibling, above)
 
     def _record_turn(self, command: C.Command, before: dict[str, Snapshot]) -> None:
         turn = TURNS.get(type(command))
@@ -190,7 +191,9 @@ class Session(TreeCommands):
         turns = main.transcript[-2:] if label != "reset" else ()
         preview = " → ".join(first_words(t.text, 32) for t in turns) or label
         current = self.tree.nodes[self.tree.current]
-        self.record(label, preview, sibling=beside and current.label == label)
+        # new free text does not continue the free text before it: it goes beside it
+        self.record(label, preview, sibling=beside and current.label == label,
+                    above="gen" if isinstance(command, C.Generate) else None)
 
     # --- commands ------------------------------------------------------------------------------
 
