@@ -14,10 +14,13 @@ from types import ModuleType
 import torch
 
 
-def import_reference() -> ModuleType:
+def import_reference(deep_embed: bool = False) -> ModuleType:
     """`rwkv.model` with v7 on, TorchScript on (the package's fast CPU mode) and, unless the
-    caller's environment asks for them, no custom CUDA kernels (they need a compiler)."""
+    caller's environment asks for them, no custom CUDA kernels (they need a compiler).
+    `deep_embed`: its v7 class runs DeepEmbed (rwkv7a) files instead (RWKV_DE_VERSION=1)."""
     os.environ["RWKV_V7_ON"] = "1"
+    if deep_embed:
+        os.environ["RWKV_DE_VERSION"] = "1"
     os.environ.setdefault("RWKV_JIT_ON", "1")
     os.environ.setdefault("RWKV_CUDA_ON", "0")
     import rwkv.model
@@ -39,7 +42,7 @@ class ReferenceEngine:
     name = "official"
 
     def __init__(self, path: Path | str, version: str, strategy: str):
-        ref = import_reference()
+        ref = import_reference(deep_embed=version == "7.0a")
         path = Path(path)
         if path.suffix != ".pth":
             raise ValueError(f"{path}: the official package reads only .pth files")

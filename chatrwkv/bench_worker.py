@@ -168,7 +168,7 @@ def _open_engine(spec: dict[str, Any]) -> Callable[[], Engine]:
     if spec["engine"] == "official":
         from .bench_reference import ReferenceEngine, import_reference
 
-        import_reference()
+        import_reference(deep_embed=spec["version"] == "7.0a")
         return lambda: ReferenceEngine(spec["model"], spec["version"], spec["strategy"])
     from . import models  # noqa: F401  (imported here, outside the load time)
 

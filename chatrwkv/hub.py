@@ -31,6 +31,7 @@ from .modelnames import (
     newest,
     parse_release,
     parse_short_name,
+    version_label,
 )
 from .modelstore import (
     PARTIAL_DIR,
@@ -318,7 +319,7 @@ def _cmd_list(console) -> int:
         if facts is None:
             table.add_row(m.name, "not a checkpoint", "", "", size)
             continue
-        version = f"v{facts.version}" if facts.version else "unknown"
+        version = version_label(facts.version) if facts.version else "unknown"
         table.add_row(m.name, version, _params(facts.params), tokenizer_name(facts.vocab_size),
                       size)
     console.print(table)
@@ -334,7 +335,7 @@ def _cmd_info(console, name: str) -> int:
     rows = [
         ("file", str(path)), ("file size", _bytes(path.stat().st_size)),
         ("source", f"{meta['repo']}/{meta['path']}" if meta.get("repo") else "(added by hand)"),
-        ("version", f"RWKV v{info['version']}"), ("layers", str(info["n_layer"])),
+        ("version", f"RWKV {version_label(info['version'])}"), ("layers", str(info["n_layer"])),
         ("width", str(info["n_embd"])), ("heads", f"{info['n_head']} x {info['head_size']}"),
         ("ffn width", str(info["ffn_dim"])),
         ("parameters", f"{info['params']:,} ({_params(info['params'])})"),

@@ -9,6 +9,10 @@ An official file name is a release line's prefix followed by `-`-separated token
 one token is the size and one the date; every other token must look like a training version,
 context length or run number. A file with any other word in it (`Instruct`, `CHNtuned`, `preview`)
 is a variant: it is never picked by a short name, only by its explicit path.
+
+Architecture variants are lines of their own, named by a suffix: the DeepEmbed G models
+(`rwkv7a-g1d-0.1b-20260212-ctx8192.pth`) are `g1d-0.1b-de` (or `g1-0.1b-de`, `v7-0.1b-de`);
+`g1-0.1b` never picks one, nor `g1-0.1b-de` a plain file.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ class Line:
     version: str       # RWKV architecture: "7", "6", "5", "4"
     repos: tuple[str, ...]   # "{size}" is filled with the size as the repo names spell it
     prefix: str        # regex for the leading tokens; group `gen` is the G-generation
+    variant: str = ""  # the short-name suffix of an architecture variant: "de" (DeepEmbed)
 
 
 LINES: tuple[Line, ...] = (
     Line("g", "7", ("BlinkDL/rwkv7-g1",), r"rwkv7-(?P<gen>g\d[a-z]?\d*)"),
+    # rwkv7a = RWKV-7 DeepEmbed (RWKV-LM `RWKV-v7/rwkv_v7a_demo.py`), published next to the G1s
+    Line("g", "7", ("BlinkDL/rwkv7-g1",), r"rwkv7a-(?P<gen>g\d[a-z]?\d*)", variant="de"),
     Line("world", "7", ("BlinkDL/rwkv-7-world",), r"RWKV-x070-World"),
     Line("world", "6", ("BlinkDL/rwkv-6-world",), r"RWKV-x060-World"),
     Line("world", "5", ("BlinkDL/rwkv-5-world",), r"RWKV-5-World"),
@@ -42,7 +49,13 @@ LINES: tuple[Line, ...] = (
 )
 
 SHORT_NAME_HELP = ("g1-SIZE (also g1a-, g0-, ...), world-SIZE, v7-SIZE, v6-SIZE, v5-SIZE, "
-                   "v4-SIZE, pile-SIZE; SIZE like 0.4b, 1.5b, 169m")
+                   "v4-SIZE, pile-SIZE; SIZE like 0.4b, 1.5b, 169m; a -de suffix (g1d-0.1b-de) "
+                   "for the DeepEmbed models")
+
+
+def version_label(version: str) -> str:
+    """How `list` and `info` name a detected version: 'v7.0', 'v7.0a DeepEmbed'."""
+    return f"v{version}" + (" DeepEmbed" if version == "7.0a" else "")
 
 
 def parse_size(text: str) -> float | None:
@@ -115,12 +128,14 @@ class ShortName:
     text: str
     family: str
     size: float
+    variant: str = ""  # "de": the DeepEmbed line
 
     def lines(self) -> tuple[Line, ...]:
         if self.family.startswith("v"):
-            return tuple(line for line in LINES if line.version == self.family[1:])
+            return tuple(line for line in LINES if line.version == self.family[1:]
+                         and line.variant == self.variant)
         kind = "g" if re.fullmatch(r"g\d.*", self.family) else self.family
-        return tuple(line for line in LINES if line.family == kind)
+        return tuple(line for line in LINES if line.family == kind and line.variant == self.variant)
 
     def repos(self) -> list[str]:
         token = repo_size_token(self.size)
@@ -147,11 +162,12 @@ def _generation_matches(file_gen: str, wanted: str) -> bool:
 
 
 def parse_short_name(text: str) -> ShortName | None:
-    m = re.fullmatch(r"(g\d[a-z]?\d*|world|pile|v[4-7])-([0-9.]+[bm]\d*)", text.strip(),
+    m = re.fullmatch(r"(g\d[a-z]?\d*|world|pile|v[4-7])-([0-9.]+[bm]\d*)(-de)?", text.strip(),
                      re.IGNORECASE)
     if m is None or (size := parse_size(m.group(2))) is None:
         return None
-    return ShortName(text.strip(), m.group(1).lower(), size)
+    short = ShortName(text.strip(), m.group(1).lower(), size, "de" if m.group(3) else "")
+    return short if short.lines() else None  # world-0.1b-de: no such line
 
 
 def newest(releases: list[Release]) -> Release | None:

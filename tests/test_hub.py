@@ -82,6 +82,8 @@ def models(root: Path) -> list[str]:
     ("RWKV-4-World-1.5B-v1-fixed-20230612-ctx4096.pth", ("world", "4", "", 1500, "20230612")),
     ("RWKV-4-Pile-169M-20220807-8023.pth", ("pile", "4", "", 169, "20220807")),
     ("RWKV-4-Pile-14B-20230313-ctx8192-test1050.pth", ("pile", "4", "", 14000, "20230313")),
+    ("rwkv7a-g1d-0.1b-20260212-ctx8192.pth", ("g", "7", "g1d", 100, "20260212")),  # DeepEmbed
+    ("rwkv7b-g1b-0.1b-20250822-ctx4096.pth", None),  # DeepEmbedAttention: not run, not named
     # variants and other files are never picked by a short name
     ("rwkv7-g1h_preview4533-2.9b-20260623-ctx8192.pth", None),
     ("RWKV-4-Pile-7B-Instruct-test4-20230326.pth", None),
@@ -109,6 +111,14 @@ def test_parse_release(filename, expected):
     ("v6-1.6b", "RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth", False),
     ("pile-169m", "RWKV-4-Pile-169M-20220807-8023.pth", True),
     ("PILE-169M", "RWKV-4-Pile-169M-20220807-8023.pth", True),
+    # DeepEmbed (rwkv7a) files answer to a -de name only, and a -de name to them only
+    ("g1d-0.1b-de", "rwkv7a-g1d-0.1b-20260212-ctx8192.pth", True),
+    ("g1-0.1b-de", "rwkv7a-g1b-0.1b-20250819-ctx4096.pth", True),
+    ("v7-0.1b-de", "rwkv7a-g1b-0.1b-20250819-ctx4096.pth", True),
+    ("g1d-0.1b-de", "rwkv7a-g1b-0.1b-20250819-ctx4096.pth", False),
+    ("g1d-0.1b", "rwkv7a-g1d-0.1b-20260212-ctx8192.pth", False),
+    ("v7-0.1b", "rwkv7a-g1d-0.1b-20260212-ctx8192.pth", False),
+    ("g1d-0.1b-de", "rwkv7-g1d-0.1b-20260212-ctx8192.pth", False),
 ])
 def test_short_name_matches(name, filename, matches):
     assert parse_short_name(name).matches(parse_release(filename)) is matches
@@ -124,7 +134,9 @@ def test_short_name_repos_and_sizes():
         ["169m", "430m", "1b5", "3b", "14b"]
     assert [format_size(s) for s in (100, 400, 1600, 169, 7200)] == \
         ["0.1b", "0.4b", "1.6b", "169m", "7.2b"]
-    for bad in ("g1", "0.4b", "gpt-1b", "g1-big", "g1-1.5b6", "world-"):
+    assert parse_short_name("g1d-0.1b-de").repos() == [G1]
+    for bad in ("g1", "0.4b", "gpt-1b", "g1-big", "g1-1.5b6", "world-", "world-0.1b-de",
+                "g1-0.1b-dea"):
         assert parse_short_name(bad) is None, bad
 
 
@@ -251,6 +263,24 @@ def test_pull_short_name_newest_wins(fake, ckpt_bytes):
     assert hubmod.pull("world-0.1b", say=lambda line: None).name.startswith("RWKV-5-World")
     assert models(models_dir()) == sorted(["rwkv7-g1b-0.1b-20251001-ctx8192.pth",
                                            "RWKV-5-World-0.1B-v1-20250101-ctx4096.pth"])
+
+
+def test_pull_deep_embed_by_short_name_and_list_info_show_it(fake, ckpt_bytes, tmp_path,
+                                                            capsys):
+    de = tmp_path / "de.pth"
+    write_checkpoint(de, "7.0a", n_layer=2, n_embd=64, vocab_size=65536, head_size=16,
+                     deep_embed_rank=4)
+    fake.add(G1, "rwkv7a-g1d-0.1b-20260212-ctx8192.pth", de.read_bytes())
+    fake.add(G1, "rwkv7-g1d-0.1b-20260301-ctx8192.pth", ckpt_bytes)  # newer, but not DeepEmbed
+    model = hubmod.pull("g1d-0.1b-de", say=lambda line: None)
+    assert model.name == "rwkv7a-g1d-0.1b-20260212-ctx8192"
+    assert resolve_model("g1-0.1b-de") == model.path
+    capsys.readouterr()
+    assert hubmod.main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if model.name in line)
+    assert "v7.0a DeepEmbed" in row
+    assert hubmod.main(["info", "g1d-0.1b-de"]) == 0
+    assert "RWKV v7.0a DeepEmbed" in capsys.readouterr().out
 
 
 def test_resume_within_one_pull(fake, ckpt_bytes):

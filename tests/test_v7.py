@@ -255,9 +255,9 @@ def test_wrong_shape_is_refused(tmp_path, key, shape):
 
 def test_unknown_tensor_is_refused(tmp_path):
     w = make_weights("7.0", seed=1, **DIMS)
-    w["blocks.1.ffn.s_emb.weight"] = torch.zeros(500, 1024)  # a DeepEmbed variant we do not run
+    w["blocks.1.ffn.extra.weight"] = torch.zeros(500, 1024)  # a variant nothing here knows
     torch.save(w, tmp_path / "extra.pth")
-    with pytest.raises(CheckpointError, match="unexpected tensor 'blocks.1.ffn.s_emb.weight'"):
+    with pytest.raises(CheckpointError, match="unexpected tensor 'blocks.1.ffn.extra.weight'"):
         load_model(tmp_path / "extra.pth", device="cpu")
 
 

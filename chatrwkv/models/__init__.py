@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
@@ -14,11 +15,34 @@ from .v7 import RWKV7
 
 MODEL_CLASSES: tuple[type[RWKVModel], ...] = (RWKV7, RWKV6, RWKV5, RWKV4)
 
-__all__ = ["MODEL_CLASSES", "ModelConfig", "RWKVModel", "detect_version", "load_model"]
+__all__ = ["MODEL_CLASSES", "ModelConfig", "RWKVModel", "detect_version", "load_model",
+           "refused_layout"]
+
+
+# Official layouts that no version module runs yet, told apart by a key no supported layout has
+# (RWKV-LM `RWKV-v7/rwkv_v7b_demo.py`: `blocks.N.qkv.*`; `RWKV-v7/rwkv_v8_rc00_demo.py`:
+# `ffn.enn.weight`; `RWKV-v8/*rosa*`: `blocks.N.rosa.*`). Checked before any class looks, so
+# such a file is refused by name and nothing of it is loaded.
+REFUSED_LAYOUTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"blocks\.\d+\.qkv\."), "RWKV-7 DeepEmbedAttention (rwkv7b, 'blocks.N.qkv.*')"),
+    (re.compile(r"blocks\.\d+\.rosa\."), "RWKV-8 ROSA ('blocks.N.rosa.*')"),
+    (re.compile(r"(^|\.)ffn\.enn\.weight$"), "RWKV-8 Heron ('ffn.enn.weight')"),
+)
+
+
+def refused_layout(ckpt: Checkpoint) -> str | None:
+    """The name of a known but unsupported layout the checkpoint has, or None."""
+    for pattern, name in REFUSED_LAYOUTS:
+        if any(pattern.search(k) for k in ckpt.tensors):
+            return name
+    return None
 
 
 def detect_version(ckpt: Checkpoint) -> tuple[type[RWKVModel], str]:
     """The model class and exact version string of a checkpoint, or a CheckpointError."""
+    if (refused := refused_layout(ckpt)) is not None:
+        raise CheckpointError(f"{ckpt.path}: {refused} is not supported yet "
+                              "(supported: v4, v5.x, v6, v7, v7 DeepEmbed)")
     found = [(cls, v) for cls in MODEL_CLASSES if (v := cls.detect(ckpt)) is not None]
     if len(found) != 1:
         raise CheckpointError(f"{ckpt.path}: not a known RWKV layout (v4, v5.x, v6, v7)"

@@ -7,6 +7,11 @@
  * pool (_cpukern.h): r/k/v and the first LoRA halves; the second LoRA halves; the WKV update per
  * head with its GroupNorm; the output projection; the two FFN products. The serial work between
  * them is a few vector ops of length C.
+ *
+ * DeepEmbed (rwkv7a, `v7_de.py`): each token first forms its folded s_emb row of every layer
+ * (s_emb[token] + ln0(emb[token]) @ s_emb_x^T, the products in phases of up to CK_MAX_TASKS
+ * layers); in the channel mix the squared key activation is then scaled by
+ * (x @ s1) @ S.view(D, D) @ s2 + s0, whose s2 product runs in the FFN key phase.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,10 +29,17 @@ typedef struct {
     const float *ln1_w, *ln1_b, *maa, *w0, *a0, *v0, *k_k, *k_a, *r_k, *ln_x_w, *ln_x_b;
     const float *ln2_w, *ln2_b, *ffn_x_k;
     CkMat R, K, V, O, fK, fV, w1, w2, a1, a2, v1, v2, g1, g2;
+    /* DeepEmbed, when s_emb != NULL: s_emb [V, D*D] raw (CK_F32 or CK_BF16), s1 [D, C],
+     * s0 [F], s_emb_x [D*D, C], s2 [F, D] */
+    const void *s_emb;
+    int s_emb_dtype;
+    const float *s1, *s0;
+    CkMat sx, s2;
 } V7Layer;
 
 typedef struct {
     int L, C, H, N, F, V;
+    int D;  /* DeepEmbed rank (0: plain v7) */
     const void *emb;
     int emb_dtype;  /* CK_F32 or CK_BF16: the raw rows, ln0 applied as they are read */
     const float *ln0_w, *ln0_b, *ln_out_w, *ln_out_b;
@@ -37,6 +49,8 @@ typedef struct {
     /* scratch */
     float *buf, *x, *xx, *mix, *r, *k, *v, *v_first, *hw, *ha, *hv, *hg, *w, *a, *vl, *g;
     float *kk, *b, *aneg, *y, *hk;
+    /* DeepEmbed: folded rows [L, D*D], s1 x [D], S^T (s1 x) [D], the s2 product [F] */
+    float *se, *ss, *st, *sc;
     /* the WKV phase's inputs */
     float *S;
     const V7Layer *cur;
@@ -108,6 +122,46 @@ static void v7_wkv_head(const CkPhase *ph, int h) {
     }
 }
 
+/* ---- DeepEmbed ---------------------------------------------------------------------------- */
+
+/* Every layer's folded s_emb row of `token`: s_emb[token] + s_emb_x x0 (x0 = ln0(emb[token])). */
+static void v7_de_rows(V7Model *m, int token, const float *x0) {
+    CkPool *p = &m->pool;
+    int DD = m->D * m->D, n = 0;
+    ck_phase_begin(p);
+    for (int li = 0; li < m->L; li++) {
+        n = ck_phase_add(p, &m->layers[li].sx, x0, m->se + (size_t)li * DD, EP_STORE);
+        if (p->phase.n_tasks == CK_MAX_TASKS) {
+            ck_run_phase(p, n);
+            ck_phase_begin(p);
+            n = 0;
+        }
+    }
+    if (p->phase.n_tasks) ck_run_phase(p, n);
+    for (int li = 0; li < m->L; li++) {
+        const V7Layer *l = &m->layers[li];
+        float *se = m->se + (size_t)li * DD;
+        if (l->s_emb_dtype == CK_F32) {
+            const float *e = (const float *)l->s_emb + (size_t)token * DD;
+            for (int j = 0; j < DD; j++) se[j] += e[j];
+        } else {
+            const uint16_t *e = (const uint16_t *)l->s_emb + (size_t)token * DD;
+            for (int j = 0; j < DD; j++) se[j] += ck_bf16_to_f32(e[j]);
+        }
+    }
+}
+
+/* st = S^T (s1 x) for layer li, x = ln2's output: the input of the s2 product. */
+static void v7_de_mix(V7Model *m, int li, const float *x) {
+    const V7Layer *l = &m->layers[li];
+    int D = m->D, C = m->C;
+    const float *S = m->se + (size_t)li * D * D;
+    for (int i = 0; i < D; i++) m->ss[i] = ck_dot_f32(l->s1 + (size_t)i * C, x, C);
+    for (int j = 0; j < D; j++) m->st[j] = 0;
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) m->st[j] += m->ss[i] * S[(size_t)i * D + j];
+}
+
 /* ---- one token ---------------------------------------------------------------------------- */
 
 static void v7_token_shift(float *prev, const float *xx, float *dx, int C) {
@@ -129,6 +183,7 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
         for (int i = 0; i < C; i++) xx[i] = ck_bf16_to_f32(e[i]);
     }
     ck_layer_norm(xx, m->ln0_w, m->ln0_b, x, C, LN_EPS);
+    if (m->D) v7_de_rows(m, token, x);
     for (int li = 0; li < m->L; li++) {
         const V7Layer *l = &m->layers[li];
         /* time mix: the six token-shift mixes, then r, k, v and the first LoRA halves */
@@ -190,9 +245,13 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
         /* channel mix */
         ck_layer_norm(x, l->ln2_w, l->ln2_b, xx, C, LN_EPS);
         v7_token_shift(ffn_x + (size_t)li * C, xx, dx, C);
+        if (l->s_emb) v7_de_mix(m, li, xx);
         for (int i = 0; i < C; i++) xx[i] += dx[i] * l->ffn_x_k[i];
         ck_phase_begin(p);
+        if (l->s_emb) ck_phase_add(p, &l->s2, m->st, m->sc, EP_STORE);
         ck_run_phase(p, ck_phase_add(p, &l->fK, xx, m->hk, EP_RELU_SQ));
+        if (l->s_emb)
+            for (int i = 0; i < m->F; i++) m->hk[i] *= m->sc[i] + l->s0[i];
         ck_phase_begin(p);
         ck_run_phase(p, ck_phase_add(p, &l->fV, m->hk, x, EP_ADD));
     }
@@ -220,9 +279,30 @@ static void capsule_free(PyObject *cap) {
 #define N_VECS 14
 #define N_MATS 14
 
+/* A layer's DeepEmbed item: None, or (D, s_emb, s_emb dtype, s1, s0, s_emb_x, s2). */
+static int parse_de(PyObject *o, V7Layer *l, int *D) {
+    if (o == Py_None) return 1;
+    unsigned long long s_emb, s1, s0;
+    PyObject *sx, *s2;
+    int d;
+    if (!PyArg_ParseTuple(o, "iKiKKOO", &d, &s_emb, &l->s_emb_dtype, &s1, &s0, &sx, &s2) ||
+        !ck_parse_mat(sx, &l->sx) || !ck_parse_mat(s2, &l->s2))
+        return 0;
+    l->s_emb = (const void *)(uintptr_t)s_emb;
+    l->s1 = (const float *)(uintptr_t)s1;
+    l->s0 = (const float *)(uintptr_t)s0;
+    if (d < 1 || (*D && d != *D) || !l->s_emb || !l->s1 || !l->s0 || l->sx.out != d * d ||
+        l->s2.in != d || (l->s_emb_dtype != CK_F32 && l->s_emb_dtype != CK_BF16)) {
+        PyErr_SetString(PyExc_ValueError, "bad DeepEmbed description");
+        return 0;
+    }
+    *D = d;
+    return 1;
+}
+
 /* new_model(dims, emb, emb_dtype, ln0_w, ln0_b, ln_out_w, ln_out_b, head, layers, n_threads)
  * dims = (L, C, H, N, F, V); layers = one tuple per layer: 14 vector addresses then 14 matrices
- * (R, K, V, O, ffn K, ffn V, w1, w2, a1, a2, v1, v2, g1, g2). */
+ * (R, K, V, O, ffn K, ffn V, w1, w2, a1, a2, v1, v2, g1, g2), then the DeepEmbed item. */
 static PyObject *py_new_model(PyObject *self, PyObject *args) {
     PyObject *dims, *head, *layers;
     unsigned long long emb, ln0_w, ln0_b, ln_w, ln_b;
@@ -251,7 +331,7 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
     int maxd = m->C;
     for (int i = 0; i < m->L; i++) {
         PyObject *t = PyList_GET_ITEM(layers, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != N_VECS + N_MATS) {
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != N_VECS + N_MATS + 1) {
             PyErr_SetString(PyExc_ValueError, "bad layer description");
             goto fail;
         }
@@ -264,6 +344,7 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
                                &l->a1, &l->a2, &l->v1, &l->v2, &l->g1, &l->g2};
         for (int j = 0; j < N_MATS; j++)
             if (!parse_mat(PyTuple_GET_ITEM(t, N_VECS + j), mats[j])) goto fail;
+        if (!parse_de(PyTuple_GET_ITEM(t, N_VECS + N_MATS), l, &m->D)) goto fail;
         if (PyErr_Occurred()) goto fail;
         if (l->fK.out > maxd) maxd = l->fK.out;
         if (l->w1.out > maxd) maxd = l->w1.out;
@@ -271,9 +352,17 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
         if (l->v1.out > maxd) maxd = l->v1.out;
         if (l->g1.out > maxd) maxd = l->g1.out;
     }
-    /* scratch: 6C mixes + 16 vectors of C + hk, each slot maxd long */
+    for (int i = 0; i < m->L; i++) {
+        const V7Layer *l = &m->layers[i];
+        if ((m->D != 0) != (l->s_emb != NULL) || (l->s_emb && l->s2.out != l->fK.out)) {
+            PyErr_SetString(PyExc_ValueError, "bad DeepEmbed description (some layers only?)");
+            goto fail;
+        }
+    }
+    /* scratch: 6C mixes + 16 vectors of C + hk, each slot maxd long; DeepEmbed's rows */
     int C = m->C;
-    m->buf = calloc((size_t)(22 + 6) * maxd + (size_t)m->F + 64, sizeof(float));
+    size_t de = m->D ? (size_t)m->L * m->D * m->D + 2 * (size_t)m->D + m->F : 0;
+    m->buf = calloc((size_t)(22 + 6) * maxd + (size_t)m->F + 64 + de, sizeof(float));
     if (!m->buf) { PyErr_NoMemory(); goto fail; }
     float *q = m->buf;
     float **slots[] = {&m->x, &m->xx, &m->r, &m->k, &m->v, &m->v_first, &m->hw, &m->ha, &m->hv,
@@ -282,6 +371,12 @@ static PyObject *py_new_model(PyObject *self, PyObject *args) {
     m->mix = q;
     q += (size_t)6 * C;
     m->hk = q;
+    if (m->D) {
+        m->se = m->hk + m->F;
+        m->ss = m->se + (size_t)m->L * m->D * m->D;
+        m->st = m->ss + m->D;
+        m->sc = m->st + m->D;
+    }
     ck_pool_start(&m->pool, n_threads);
     PyObject *cap = PyCapsule_New(m, CAPSULE, capsule_free);
     if (!cap) model_free(m);

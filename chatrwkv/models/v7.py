@@ -8,6 +8,9 @@ with a = -kk (the normalized key) and b = kk * iclr. One token runs that update 
 (`_wkv_step_`); a prompt runs through `wkv_chunked`, an exact chunked form of the same recurrence
 whose twin `wkv_loop` is the plain per-token loop. The sequence path is pure and differentiable
 (`forward_batch`), so a trainer can use it on batches; `forward` wraps it for the chat runtime.
+
+The DeepEmbed variant ("rwkv7a", version "7.0a") is detected by its `ffn.s_emb.weight` tensors and
+differs only in the channel mix: the squared key activation is scaled per token (`v7_de.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep
 from .pages import PageReleaser
 from .quant import Int8Linear
+from .v7_de import (
+    DEEP_EMBED_KEY,
+    DeepEmbedPages,
+    deep_embed_rank,
+    deep_embed_rows,
+    deep_embed_scale,
+)
 
 Matrix = torch.Tensor | Int8Linear  # a big weight: a tensor [out, in], or int8
 
@@ -44,6 +54,7 @@ class RWKV7Config(ModelConfig):
     d_aaa: int
     d_mv: int
     d_gate: int
+    d_embed: int = 0  # DeepEmbed rank D (s_emb rows are D*D wide); 0 for plain v7
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +89,12 @@ class _Layer:
     ffn_x_k: torch.Tensor
     ffn_K: Matrix            # [F, C]
     ffn_V: Matrix            # [C, F]
+    # DeepEmbed (rwkv7a) only, else None; names as in the checkpoint (see v7_de.py)
+    s_emb: torch.Tensor | None = None    # [V, D*D] as stored (the file's pages), on the CPU
+    s_emb_x: Matrix | None = None        # [D*D, C]
+    s1: torch.Tensor | None = None       # [D, C] ([out, in] of the official x @ s1)
+    s2: torch.Tensor | None = None       # [F, D]
+    s0: torch.Tensor | None = None       # [F]
 
 
 def _mm(x: torch.Tensor, W: Matrix) -> torch.Tensor:
@@ -184,9 +201,12 @@ class RWKV7(RWKVModel):
 
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
-        # As the official package: v7 is the layout with the delta-rule tensors.
+        # As the official package: v7 is the layout with the delta-rule tensors; DeepEmbed adds
+        # `ffn.s_emb.weight` per layer (what RWKV_DE_VERSION=1 makes the package read).
         v7_keys = ("att.x_r", "att.k_k", "att.r_k")
-        return "7.0" if any(k.endswith(v7_keys) for k in ckpt.tensors) else None
+        if not any(k.endswith(v7_keys) for k in ckpt.tensors):
+            return None
+        return "7.0a" if any(k.endswith(DEEP_EMBED_KEY) for k in ckpt.tensors) else "7.0"
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: str,
                  chunk_len: int = DEFAULT_CHUNK_LEN):
@@ -240,6 +260,17 @@ class RWKV7(RWKVModel):
             if i > 0:
                 v0 = vec(p + "v0")
                 v1, v2 = lora(p, "v", cfg.d_mv)
+            de = {}
+            if cfg.d_embed:  # rwkv7a: shapes as the official trainer's Embedding/Linear/Parameters
+                D, F_ = cfg.d_embed, cfg.ffn_dim
+                de = {"s_emb": _embedding(ckpt.expect_shape(b + "ffn.s_emb.weight",
+                                                            (cfg.vocab_size, D * D)),
+                                          torch.device("cpu"), self.dtype),
+                      "s_emb_x": big(b + "ffn.s_emb_x.weight", (D * D, C)),
+                      "s1": small(b + "ffn.s1", (C, D), transpose=True),
+                      "s2": small(b + "ffn.s2", (D, F_), transpose=True),
+                      "s0": ckpt.expect_shape(b + "ffn.s0", (1, 1, F_)).reshape(F_).to(
+                          device=device, dtype=self.act_dtype)}
             layers.append(_Layer(
                 ln1_w=vec(b + "ln1.weight"), ln1_b=vec(b + "ln1.bias"),
                 maa=torch.stack([vec(p + m) for m in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]),
@@ -252,7 +283,7 @@ class RWKV7(RWKVModel):
                 ln2_w=vec(b + "ln2.weight"), ln2_b=vec(b + "ln2.bias"),
                 ffn_x_k=vec(b + "ffn.x_k"),
                 ffn_K=big(b + "ffn.key.weight", (cfg.ffn_dim, C)),
-                ffn_V=big(b + "ffn.value.weight", (C, cfg.ffn_dim)),
+                ffn_V=big(b + "ffn.value.weight", (C, cfg.ffn_dim)), **de,
             ))
         self.layers: tuple[_Layer, ...] = tuple(layers)
         # The embedding stays as stored where it can (a memory-mapped file: only the rows of
@@ -262,6 +293,8 @@ class RWKV7(RWKVModel):
         self.ln0_b = vec("blocks.0.ln0.bias", torch.float32)
         self.ln_out_w, self.ln_out_b = vec("ln_out.weight"), vec("ln_out.bias")
         self.head = big("head.weight", (cfg.vocab_size, C))
+        self._de_pages = DeepEmbedPages(ckpt.path, [p.s_emb for p in self.layers]) \
+            if cfg.d_embed else None
         # Newer official files carry a layer-0 value LoRA that the model never uses.
         ckpt.check_consumed(ignore=("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"))
 
@@ -282,6 +315,8 @@ class RWKV7(RWKVModel):
             raise ValueError("forward needs at least one token")
         if len(tokens) == 1:
             logits = self._forward_one(int(tokens[0]), state)
+            if self._de_pages is not None:
+                self._de_pages.stepped()
             return logits.unsqueeze(0) if full_output else logits
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(1, -1)
         batch = WKVState(**{k: t.unsqueeze(1) for k, t in state.tensors().items()})
@@ -313,8 +348,8 @@ class RWKV7(RWKVModel):
         if state is None:
             state = self.zero_batch_state(tokens.shape[0])
         C = self.config.n_embd
-        x = F.layer_norm(self.emb[tokens].float(), (C,), self.ln0_w, self.ln0_b)
-        x = x.to(self.act_dtype)                            # [B, T, C]
+        x0 = F.layer_norm(self.emb[tokens].float(), (C,), self.ln0_w, self.ln0_b)
+        x = x0.to(self.act_dtype)                           # [B, T, C]
         v_first = x
         att_x, wkv, ffn_x = [], [], []
         for i, p in enumerate(self.layers):
@@ -324,7 +359,12 @@ class RWKV7(RWKVModel):
             att_x.append(xx[:, -1])
             wkv.append(S)
             xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
-            x = x + _channel_mix_seq(p, xx, state.ffn_x[i])
+            scale = None
+            if p.s_emb is not None:
+                scale = deep_embed_scale(p, xx, deep_embed_rows(p, tokens, x0, _mm))
+                if self._de_pages is not None:
+                    self._de_pages.release(p.s_emb)
+            x = x + _channel_mix_seq(p, xx, state.ffn_x[i], scale)
             ffn_x.append(xx[:, -1])
         new_state = WKVState(att_x=torch.stack(att_x).float(), wkv=torch.stack(wkv),
                              ffn_x=torch.stack(ffn_x).float())
@@ -388,7 +428,8 @@ class RWKV7(RWKVModel):
     def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         act = self.act_dtype
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
-        x = F.layer_norm(self.emb[token].float(), (C,), self.ln0_w, self.ln0_b).to(act)
+        x0 = F.layer_norm(self.emb[token].float(), (C,), self.ln0_w, self.ln0_b)
+        x = x0.to(act)
         v_first = x
         for i, p in enumerate(self.layers):
             xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)
@@ -420,8 +461,10 @@ class RWKV7(RWKVModel):
             prev = state.ffn_x[i]
             dx = prev.to(act) - xx
             prev.copy_(xx)
-            x = x + _mm(torch.relu(_mm(torch.addcmul(xx, dx, p.ffn_x_k), p.ffn_K)).square(),
-                        p.ffn_V)
+            k = torch.relu(_mm(torch.addcmul(xx, dx, p.ffn_x_k), p.ffn_K)).square()
+            if p.s_emb is not None:
+                k = k * deep_embed_scale(p, xx, deep_embed_rows(p, token, x0, _mm))
+            x = x + _mm(k, p.ffn_V)
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
         return _mm(x, self.head).float()
 
@@ -437,9 +480,12 @@ def _shift_diff(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
     return dx
 
 
-def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
     k = _mm(torch.addcmul(x, _shift_diff(x, x_prev), p.ffn_x_k), p.ffn_K)
     k = torch.relu(k).square() if torch.is_grad_enabled() else torch.relu_(k).square_()
+    if scale is not None:  # DeepEmbed: the per-token key scale
+        k = k * scale
     return _mm(k, p.ffn_V)
 
 
@@ -479,8 +525,11 @@ def _read_config(ckpt: Checkpoint) -> RWKV7Config:
         return t.shape[1]
 
     ffn = ckpt.require("blocks.0.ffn.key.weight")
+    d_embed = deep_embed_rank(ckpt, C) if any(k.endswith(DEEP_EMBED_KEY) for k in ckpt.tensors) \
+        else 0
     return RWKV7Config(
-        version="7.0", n_layer=n_layer, n_embd=C, vocab_size=vocab, n_head=r_k.shape[0],
-        head_size=r_k.shape[1], ffn_dim=ffn.shape[0], d_decay=width("blocks.0.att.w1"),
+        version="7.0a" if d_embed else "7.0", n_layer=n_layer, n_embd=C, vocab_size=vocab,
+        n_head=r_k.shape[0], head_size=r_k.shape[1], ffn_dim=ffn.shape[0],
+        d_decay=width("blocks.0.att.w1"),
         d_aaa=width("blocks.0.att.a1"), d_gate=width("blocks.0.att.g1"),
-        d_mv=width("blocks.1.att.v1") if n_layer > 1 else 0)
+        d_mv=width("blocks.1.att.v1") if n_layer > 1 else 0, d_embed=d_embed)

@@ -51,9 +51,9 @@ def use_simd(on: bool) -> bool:
 
 def arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
           device: torch.device) -> Arena | None:
-    C, F_ = cfg.n_embd, cfg.ffn_dim
-    return weight_arena(cfg, dtype, weight_dtype, device, [(C, C)] * 4 + [(F_, C), (C, F_)],
-                        available())
+    C, F_, D = cfg.n_embd, cfg.ffn_dim, cfg.d_embed
+    shapes = [(C, C)] * 4 + [(F_, C), (C, F_)] + ([(D * D, C)] if D else [])  # DE: s_emb_x
+    return weight_arena(cfg, dtype, weight_dtype, device, shapes, available())
 
 
 def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
@@ -67,7 +67,8 @@ def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
                     p.ln_x_w, p.ln_x_b, p.ln2_w, p.ln2_b, p.ffn_x_k)
             mats = (p.R, p.K, p.V, p.O, p.ffn_K, p.ffn_V, p.w1, p.w2, p.a1, p.a2,
                     p.v1, p.v2, p.g1, p.g2)
-            layers.append(tuple(fp32_address(v) for v in vecs) + tuple(matrix(m) for m in mats))
+            layers.append(tuple(fp32_address(v) for v in vecs) + tuple(matrix(m) for m in mats)
+                          + (_deep_embed(p, c.d_embed),))
         emb = model.emb
         if emb.dtype not in CK_DTYPES or not emb.is_contiguous():
             raise Unsupported
@@ -85,3 +86,14 @@ def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
               "wkv": (c.n_layer, c.n_head, c.head_size, c.head_size),
               "ffn_x": (c.n_layer, c.n_embd)}  # in the order `step` takes them
     return CpuStep(_v7cpu, handle, weights, c.vocab_size, shapes)
+
+
+def _deep_embed(p, rank: int) -> tuple | None:
+    """A layer's DeepEmbed item for the C side (v7_de.py's tensors), or None for plain v7."""
+    if p.s_emb is None:
+        return None
+    s_emb = p.s_emb
+    if s_emb.dtype not in CK_DTYPES or not s_emb.is_contiguous() or s_emb.device.type != "cpu":
+        raise Unsupported
+    return (rank, s_emb.data_ptr(), CK_DTYPES[s_emb.dtype], fp32_address(p.s1),
+            fp32_address(p.s0), matrix(p.s_emb_x), matrix(p.s2))

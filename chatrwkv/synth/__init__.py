@@ -20,12 +20,14 @@ SIZES: dict[str, tuple[str, dict[str, int]]] = {
     "v5-0.4b": ("5.2", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536}),
     "v6-1.6b": ("6.0", {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536}),
     "v7-0.1b": ("7.0", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536}),
+    "v7a-0.1b": ("7.0a", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536}),  # DeepEmbed
     "v7-0.4b": ("7.0", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536}),
     "v7-1.5b": ("7.0", {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536}),
     "v7-2.9b": ("7.0", {"n_layer": 32, "n_embd": 2560, "vocab_size": 65536}),
 }
 
-_MODULE_OF = {"4": "v4", "5.0": "v5", "5.1": "v5", "5.2": "v5", "6.0": "v6", "7.0": "v7"}
+_MODULE_OF = {"4": "v4", "5.0": "v5", "5.1": "v5", "5.2": "v5", "6.0": "v6", "7.0": "v7",
+              "7.0a": "v7"}
 
 
 def make_weights(version: str, *, n_layer: int, n_embd: int, vocab_size: int,
@@ -38,6 +40,8 @@ def make_weights(version: str, *, n_layer: int, n_embd: int, vocab_size: int,
     gen = torch.Generator().manual_seed(seed)
     if _MODULE_OF[version] == "v5":
         variant["subversion"] = version
+    if version == "7.0a":  # rwkv7a: v7 with DeepEmbed
+        variant["deep_embed"] = True
     return module.make_weights(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size,
                                head_size=head_size, generator=gen, dtype=dtype, **variant)
 

@@ -5,6 +5,10 @@ the token-shift mixes `x_r..x_g` and `ffn.x_k` are per-channel fractions in [0, 
 base decays from slow to fast across channels, `k_k`/`k_a` start near 0.85 / 1, and the LoRA pairs
 (`w1/w2`, `a1/a2`, `v1/v2`, `g1/g2`) have the trainer's widths. Unlike the trainer's init (where many
 matrices start at zero) every tensor gets a small random part, so that each code path matters.
+
+`deep_embed=True` writes the DeepEmbed variant ("rwkv7a", RWKV-LM `RWKV-v7/rwkv_v7a_demo.py`): per
+layer `ffn.s_emb.weight` [V, D*D], `ffn.s_emb_x.weight` [D*D, C], `ffn.s1` [C, D], `ffn.s2` [D, F]
+and `ffn.s0` [1, 1, F], with D = 32 as in the official files (the demo's `view(32, 32)`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ def lora_widths(n_embd: int) -> dict[str, int]:
 
 def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
                  generator: torch.Generator, dtype: torch.dtype = torch.bfloat16,
-                 layer0_v_lora: bool = True, **variant) -> dict[str, torch.Tensor]:
-    """A v7 state dict. `layer0_v_lora`: newer official files carry an unused layer-0 v0/v1/v2."""
+                 layer0_v_lora: bool = True, deep_embed: bool = False, deep_embed_rank: int = 32,
+                 **variant) -> dict[str, torch.Tensor]:
+    """A v7 state dict. `layer0_v_lora`: newer official files carry an unused layer-0 v0/v1/v2;
+    `deep_embed`: the rwkv7a tensors, of rank `deep_embed_rank` (32 in the official files)."""
     if variant:
         raise ValueError(f"unknown v7 variant options: {sorted(variant)}")
     C, N = n_embd, head_size
@@ -84,6 +90,15 @@ def make_weights(n_layer: int, n_embd: int, vocab_size: int, head_size: int,
         w[p + "ffn.x_k"] = row((1.0 - ddd ** (r10 ** 4) + randn(C, std=0.05)).clamp(0.0, 1.0))
         w[p + "ffn.key.weight"] = randn(ffn, C, std=C ** -0.5)
         w[p + "ffn.value.weight"] = randn(C, ffn, std=0.5 * ffn ** -0.5)
+        if deep_embed:
+            # The per-token key scale (s1 x)^T S s2 + s0 stays near 1: s0 ~ 1, the rest small.
+            D = deep_embed_rank
+            # [V, D*D] per layer (1.6 GB in bf16 at 0.1B): cast now, not all in fp32 at the end
+            w[p + "ffn.s_emb.weight"] = randn(vocab_size, D * D, std=1.0).to(dtype)
+            w[p + "ffn.s_emb_x.weight"] = randn(D * D, C, std=C ** -0.5)
+            w[p + "ffn.s1"] = randn(C, D, std=C ** -0.5)
+            w[p + "ffn.s2"] = randn(D, ffn, std=0.3 * D ** -1.0)
+            w[p + "ffn.s0"] = (1.0 + randn(ffn, std=0.1)).reshape(1, 1, ffn)
     w["ln_out.weight"] = 1.0 + randn(C, std=0.1)
     w["ln_out.bias"] = randn(C, std=0.1)
     w["head.weight"] = randn(vocab_size, C, std=C ** -0.5)
