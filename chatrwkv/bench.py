@@ -9,17 +9,21 @@ the same for chatrwkv and for the official `rwkv` package (`--reference`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
+from .bench_table import render
+from .cli import quiet_openmp
 from .errors import ChatRWKVError
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +40,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
     return value
 
 
@@ -59,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=_positive, default=_default_threads(), metavar="N",
                     help="torch CPU threads (default: all usable cores)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    ap.add_argument("--busy", type=_non_negative, default=0, metavar="N",
+                    help="run N CPU-bound busy loops (other processes) during each measurement: "
+                    "a machine that is not quiet, like a laptop with a browser open (default 0)")
     ap.add_argument("--reference", action="store_true",
                     help="also run the official rwkv package on the same file (.pth only)")
     ap.add_argument("--reference-strategy", metavar="S",
@@ -69,23 +83,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- parent: plan, run workers, compare ---------------------------------------------------------
 
-def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+# `python -m chatrwkv.bench_worker` would put the current directory first on sys.path, so a
+# source tree there (a clone whose C extension is not built, say) would shadow this package and
+# be measured instead. The worker starts from a bootstrap that puts this package's root first
+# and drops the current directory; it reports the package it ran, and the parent checks it.
+_WORKER_BOOT = ("import os, runpy, sys; root = sys.argv.pop(1); "
+                "sys.path[:] = [root] + [p for p in sys.path if p not in ('', os.getcwd())]; "
+                "runpy.run_module('chatrwkv.bench_worker', run_name='__main__', alter_sys=True)")
+
+
+def package_dir() -> str:
+    """The directory of the chatrwkv package this process runs."""
+    return str(Path(__file__).resolve().parent)
+
+
+def worker_command(spec_path: Path, out_path: Path) -> list[str]:
+    return [sys.executable, "-c", _WORKER_BOOT, str(_PACKAGE_ROOT), str(spec_path),
+            str(out_path)]
+
+
+BUSY_LOOP = "while True: pass"
+
+
+@contextlib.contextmanager
+def competing(n: int) -> Iterator[list[subprocess.Popen]]:
+    """`n` CPU-bound processes running for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL)
+             for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _run_worker(spec: dict[str, Any], busy: int = 0) -> dict[str, Any]:
     """Run one engine on one model in a fresh process; an error becomes {"error": line}."""
-    with tempfile.TemporaryDirectory(prefix="chatrwkv-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="chatrwkv-bench-") as tmp, competing(busy):
         spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
-        # The worker must import this very chatrwkv, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
-                                                        env.get("PYTHONPATH")) if p)
-        proc = subprocess.run([sys.executable, "-m", "chatrwkv.bench_worker", str(spec_path),
-                               str(out_path)], check=False, capture_output=True, text=True,
-                              env=env)
+        quiet_openmp(env)  # as the chat runs
+        proc = subprocess.run(worker_command(spec_path, out_path), check=False,
+                              capture_output=True, text=True, env=env)
         if out_path.exists():
             result = json.loads(out_path.read_text())
         else:
             lines = proc.stderr.strip().splitlines()
             result = {"error": lines[-1] if lines else f"worker exit status {proc.returncode}"}
+    if "error" not in result and result.get("package") != package_dir():
+        result = {"error": f"the worker ran chatrwkv from {result.get('package')}, not from "
+                  f"{package_dir()}: its figures are not this install's"}
     result.setdefault("engine", spec["engine"])
     result.setdefault("label", spec["label"])
     return result
@@ -147,6 +196,11 @@ def _machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+MEASURES = ("engine speed: forward passes with a greedy argmax, no sampling or detokenizing; "
+            "the chat's stats line is end to end (time to first token, and decode over wall "
+            "time with sampling, detokenizing and printing)")
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every (model, dtype), plus the official package per model; return the report."""
     from .models.base import resolve_device
@@ -160,7 +214,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         strategy = default_strategy(device.type, dtypes[0])
     protocol = {"prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
                 "runs": args.runs, "threads": args.threads, "seed": args.seed,
-                "warmup": "one untimed prefill of the prompt and two decode steps"}
+                "busy_processes": args.busy,
+                "warmup": "one untimed prefill of the prompt and two decode steps",
+                "measures": MEASURES}
     report: dict[str, Any] = {"machine": _machine(device), "protocol": protocol, "models": []}
     if device.type == "cpu":
         from .membw import read_bandwidth
@@ -179,13 +235,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             _progress(f"chatrwkv {dtype or '(default dtype)'} on {facts['path']}")
             results.append(_run_worker({**base, "engine": "chatrwkv", "device": str(device),
                                         "dtype": dtype, "chunk_len": args.chunk_len,
-                                        "label": f"chatrwkv {dtype or 'default'}"}))
+                                        "label": f"chatrwkv {dtype or 'default'}"},
+                                       args.busy))
         if args.reference:
             _progress(f"official {strategy} on {facts['path']}")
             ref_spec = {**base, "engine": "official", "strategy": strategy,
                         "label": f"official {strategy}"}
             if Path(facts["path"]).suffix == ".pth":
-                ref = _run_worker(ref_spec)
+                ref = _run_worker(ref_spec, args.busy)
             else:  # its loader appends '.pth' to the name
                 ref = {"engine": "official", "label": ref_spec["label"],
                        "error": "the official package reads only .pth files"}
@@ -199,92 +256,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _progress(text: str) -> None:
     print(f"bench: {text} ...", file=sys.stderr, flush=True)
-
-
-# --- output -----------------------------------------------------------------------------------
-
-def _num(x: float) -> str:
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-
-def _speed(s: dict[str, Any]) -> str:
-    return f"{_num(s['median'])} ({_num(s['min'])}-{_num(s['max'])})"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f}" if n >= 2**20 else f"{n / 2**20:.2f}"
-
-
-def render(report: dict[str, Any], file: TextIO | None = None) -> None:
-    """The report as rich tables: the measures, then the ratios to the official package."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    file = file or sys.stdout
-    console = Console(file=file, highlight=False, width=None if file.isatty() else 150)
-    p, m = report["protocol"], report["machine"]
-    table = Table(title="chatrwkv bench", caption=(
-        f"prefill: {p['prompt_len']} random tokens; decode: {p['decode_tokens']} greedy tokens; "
-        f"tok/s as median (min-max) of {p['runs']} run(s) after a warm-up; "
-        f"{p['threads']} thread(s); {m.get('gpu') or m['cpu']}; torch {m['torch']}; RSS/w: peak "
-        "RSS / weight bytes; own/w: (peak RSS - RSS before loading) / weight bytes"
-        + _bandwidth_caption(m)))
-    versus = Table(title="chatrwkv / official (speed: higher is better; load, RSS: lower)")
-    # RSS/w counts the interpreter and torch (~220 MiB here) too; own/w leaves out what the
-    # process held before loading: the engine's own share.
-    for name in ("model", "engine", "load s", "weights MiB", "peak RSS MiB", "RSS/w", "own/w",
-                 "prefill tok/s", "decode tok/s", "decode/bw", "state KiB"):
-        table.add_column(name, justify="left" if name in ("model", "engine") else "right")
-    for name in ("model", "engine", "prefill", "decode", "load time", "peak RSS",
-                 "greedy tokens agree"):
-        versus.add_column(name, justify="left" if name in ("model", "engine") else "right")
-    errors: list[str] = []
-    for model in report["models"]:
-        name = f"{Path(model['path']).name} (v{model['version']})"
-        for r in model["results"]:
-            if "error" in r:
-                table.add_row(name, r["label"], Text("failed", style="red"))
-                errors.append(f"{name} {r['label']}: {r['error']}")
-                continue
-            rss = _mib(r["rss_peak_bytes"])
-            if r.get("gpu_peak_bytes") is not None:
-                rss += f" (GPU {_mib(r['gpu_peak_bytes'])})"
-            weights = max(r["weight_bytes"], 1)
-            own = r["rss_peak_bytes"] - r["rss_baseline_bytes"]
-            table.add_row(name, r["label"], f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
-                          f"{r['rss_peak_bytes'] / weights:.2f}", f"{own / weights:.2f}",
-                          _speed(r["prefill_tok_s"]), _speed(r["decode_tok_s"]),
-                          _bandwidth_ratio(r, m), f"{r['state_bytes'] / 1024:.0f}")
-            if (vs := r.get("vs_reference")) is not None:
-                versus.add_row(name, r["label"], *(_times(vs[k]) for k in (
-                    "prefill_x", "decode_x", "load_time_x", "rss_peak_x")),
-                    f"{vs['greedy_tokens_agree']}/{len(r['decode_ids'])}")
-    console.print(table)
-    if versus.row_count:
-        console.print(versus)
-    for line in errors:
-        console.print(Text(line, style="red"), soft_wrap=True)
-
-
-def _bandwidth_caption(machine: dict[str, Any]) -> str:
-    bw = machine.get("read_bytes_s")
-    if not bw:
-        return ""
-    return (f"; decode/bw: decode tok/s / (memory read {bw / 1e9:.1f} GB/s / bytes a token "
-            "reads)")
-
-
-def _bandwidth_ratio(r: dict[str, Any], machine: dict[str, Any]) -> str:
-    """Decode speed as a fraction of what the measured bandwidth allows for its bytes."""
-    bw, nbytes = machine.get("read_bytes_s"), r.get("decode_bytes")
-    if not bw or not nbytes:
-        return "-"
-    return f"{r['decode_tok_s']['median'] / (bw / nbytes):.2f}"
-
-
-def _times(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:

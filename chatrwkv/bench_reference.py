@@ -86,6 +86,9 @@ class ReferenceEngine:
     def describe(self) -> str:
         return f"rwkv {_package_version()} ({self.strategy})"
 
+    def engine_path(self) -> str:
+        return f"official rwkv package, strategy {self.strategy}"
+
 
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version

@@ -37,6 +37,7 @@ class Engine(Protocol):
     def state_bytes(self) -> int: ...
     def weight_bytes(self) -> int: ...
     def describe(self) -> str: ...
+    def engine_path(self) -> str: ...                          # which code runs the steps
 
 
 class ChatEngine:
@@ -77,6 +78,9 @@ class ChatEngine:
 
     def describe(self) -> str:
         return self.model.describe()
+
+    def engine_path(self) -> str:
+        return self.model.engine_path
 
 
 def tensor_bytes(root: object, opaque: bool = True) -> int:
@@ -199,6 +203,7 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
         result = measure(engine, spec["prompt"], spec["decode_tokens"], spec["runs"])
         state_bytes = engine.state_bytes()
     out = {"engine": spec["engine"], "label": engine.label, "describe": engine.describe(),
+           "engine_path": engine.engine_path(), "package": str(Path(__file__).resolve().parent),
            "load_s": load_s, "weight_bytes": engine.weight_bytes(), "state_bytes": state_bytes,
            "rss_baseline_bytes": baseline, "rss_load_peak_bytes": load_peak,
            "rss_peak_bytes": _memory("VmHWM"), **result}

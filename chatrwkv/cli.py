@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from . import __version__
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a scale per 32, CPU only, v4 and v7)")
     m.add_argument("--chunk-len", type=_positive_int, default=256, metavar="N",
                    help="tokens per parallel prefill chunk (default 256)")
+    m.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads for the model (default: torch's, one per core)")
     m.add_argument("--tokenizer", metavar="PATH",
                    help="tokenizer file (default: World or Pile, from the vocabulary size)")
     c = ap.add_argument_group("conversation")
@@ -137,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def quiet_openmp(env: MutableMapping[str, str]) -> None:
+    """Let torch's OpenMP threads sleep, not spin, between parallel regions, unless the user
+    chose otherwise. They spin for a while after every parallel op by default; in a reply that
+    is after every sampling step, while the C step's own pool wants the cores: with one other
+    busy process on 2 cores a 200-token reply took 44 s instead of 3 (issue 15). OpenMP reads
+    this once, when torch loads it, so the entry point sets it before the first torch import."""
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _dispatch(name: str, argv: list[str]) -> int:
     module_name, with_name = SUBCOMMANDS[name]
     try:
@@ -166,11 +179,16 @@ def _resolve_model(spec: str) -> Path:
 def build_session(args: argparse.Namespace, model_path: Path):
     """Load the model, its tokenizer and the prompt; read the prompt into the state."""
     from .models import load_model
+    from .promptcache import PromptCache
     from .prompts import default_prompt_name, load_prompt
     from .sampling import SamplingSettings
     from .session import Session
     from .tokenizer import load_tokenizer
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the load: the C step's pool takes it too
     model = load_model(model_path, device=args.device, dtype=args.dtype, chunk_len=args.chunk_len)
     tokenizer = load_tokenizer(model.config.vocab_size, args.tokenizer)
     prompt = load_prompt(args.prompt or default_prompt_name(tokenizer.name))
@@ -178,7 +196,7 @@ def build_session(args: argparse.Namespace, model_path: Path):
                                 presence=args.presence, frequency=args.frequency,
                                 decay=args.decay)
     session = Session(model, tokenizer, prompt, settings=settings, seed=args.seed,
-                      max_tokens=args.max_tokens)
+                      max_tokens=args.max_tokens, prompt_cache=PromptCache(model))
     if args.resume:
         # no prefill at all: the file holds the states; its sampler state continues the session
         from . import ui
@@ -202,6 +220,7 @@ def resume_command(model: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_openmp(os.environ)  # first: the parser's defaults already import torch
     if argv and argv[0] in SUBCOMMANDS:
         return _dispatch(argv[0], argv)
     args = build_parser().parse_args(argv)

@@ -7,9 +7,9 @@ import dataclasses
 
 import torch
 
-from .runtime import Timing
 from .sampling import SamplingSettings
 from .state import State
+from .stats import Stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +49,6 @@ class ReplyStart:
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     text: str  # whole characters, literal text
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-    tokens: int
-    prefill: Timing
-    decode: Timing
 
 
 @dataclasses.dataclass(frozen=True)

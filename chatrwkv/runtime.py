@@ -24,6 +24,9 @@ class Cancelled(Exception):
 
 @dataclasses.dataclass
 class Timing:
+    """Tokens fed and the seconds the forward passes took (the stats line is end to end:
+    stats.py)."""
+
     tokens: int = 0
     seconds: float = 0.0
 
@@ -56,7 +59,6 @@ class Generation:
         self.stop_tokens = frozenset(stop_tokens)
         self.cancel = cancel
         self.tokens: list[int] = []
-        self.timing = Timing()
         self.stopped_by_user = False
 
     def __iter__(self) -> Iterator[int]:
@@ -72,9 +74,7 @@ class Generation:
             if token in self.stop_tokens:
                 return
             self.penalty.update(token)
-            t0 = time.perf_counter()
             self.logits = self.runtime.forward([token], self.state)
-            self.timing.add(1, time.perf_counter() - t0)
             self.tokens.append(token)
             self.last_token = token
             step += 1

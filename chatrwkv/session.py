@@ -24,6 +24,7 @@ import codecs
 import dataclasses
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from .events import (  # noqa: F401 - re-exported: the UI and tests import event
     TreeRow,
     Turn,
 )
+from .promptcache import PromptCache
 from .prompts import Prompt, load_prompt
 from .runtime import Cancelled, Runtime, Timing
 from .sampling import (
@@ -61,6 +63,7 @@ from .sampling import (
 )
 from .sessionfile import states_dir
 from .state import State
+from .stats import ReplyClock
 from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
@@ -92,7 +95,7 @@ class Session(TreeCommands):
                  settings: SamplingSettings | None = None, seed: int | None = None,
                  max_tokens: int = 256, chat_max_tokens: int = CHAT_MAX_TOKENS,
                  runtime: Runtime | None = None, max_live: int = DEFAULT_MAX_LIVE,
-                 states_folder: Path | None = None):
+                 states_folder: Path | None = None, prompt_cache: PromptCache | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.runtime = runtime or Runtime(model)
@@ -103,11 +106,13 @@ class Session(TreeCommands):
         self.generator = torch.Generator()
         self.reseed(seed)
         self.cancel = threading.Event()
+        self.clock = time.perf_counter  # what the stats line reads (tests set a fake one)
         self.slots: dict[str, Snapshot] = {}
         self.tree = Conversation(max_live)
         self.initial_state: State | None = None  # a mounted state-tuning start (+state)
         self.mounted_name: str | None = None
         self.states_folder = states_folder or states_dir()
+        self.prompt_cache = prompt_cache  # the prompt's state between runs (promptcache.py)
         # The Pile model was trained on "\n\n" as 187, 187; World models see what encode gives.
         self.pile_fixup = tokenizer.name == "pile"
         nl, eot = tokenizer.newline_id, tokenizer.end_of_text_id
@@ -151,13 +156,26 @@ class Session(TreeCommands):
     def start(self, prompt: Prompt, label: str = "prompt") -> Timing:
         """Feed `prompt` from the zero state; it becomes `chat_init` and `chat` (a new node)."""
         timing = Timing()
-        snap = self.feed(self.zero(), prompt.init, (Turn("prompt", prompt.init),), self.settings,
-                         timing)
+        snap = self._cached_prompt(prompt, timing)
         self.prompt = prompt
         self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
         self.slots["chat_init"] = self.slots["chat"] = snap
         self.record(label, prompt.name)  # the tree shows "prompt NAME", "state NAME"
         return timing
+
+    def _cached_prompt(self, prompt: Prompt, timing: Timing) -> Snapshot:
+        """The prompt fed from the zero state, from `prompt_cache` when it has it (a mounted
+        state-tuning start is not cached)."""
+        turns = (Turn("prompt", prompt.init),)
+        cache = self.prompt_cache if self.initial_state is None else None
+        if cache is None:
+            return self.feed(self.zero(), prompt.init, turns, self.settings, timing)
+        ids = self.encode_fed(prompt.init)
+        if (hit := cache.load(ids)) is not None:
+            return Snapshot(hit[0], hit[1], tuple(ids), turns, self.settings)
+        snap = self.feed(self.zero(), prompt.init, turns, self.settings, timing)
+        cache.store(ids, snap.state, snap.logits)
+        return snap
 
     def record(self, label: str, preview: str, sibling: bool = False,
                above: str | None = None) -> None:
@@ -224,16 +242,17 @@ class Session(TreeCommands):
         msg = collapse_blank_lines(cmd.text)
         p = self.prompt
         text = f"{p.turn(p.user, msg)}\n\n{p.turn(p.bot, '')}"
-        timing = Timing()
+        clock, timing = ReplyClock(self.clock), Timing()
         pre = self.feed(self.slots["chat"], text, (Turn("user", msg),), settings, timing)
+        clock.prefilled(timing.tokens)
         self.slots["chat_pre"] = pre
-        yield from self._chat_reply(pre, settings, timing)
+        yield from self._chat_reply(pre, settings, clock)
 
     def _on_regenerate(self, cmd: C.Regenerate, settings: SamplingSettings) -> Iterator[Event]:
         if "chat_pre" not in self.slots:
             yield Problem("nothing to regenerate yet: send a message first")
             return
-        yield from self._chat_reply(self.slots["chat_pre"], settings, Timing())
+        yield from self._chat_reply(self.slots["chat_pre"], settings, ReplyClock(self.clock))
 
     def _on_generate(self, cmd: C.Generate, settings: SamplingSettings) -> Iterator[Event]:
         p, rules, base = self.prompt, self.free_rules, self.zero()
@@ -246,17 +265,18 @@ class Session(TreeCommands):
         else:  # "qa": the prompt's context, the history ignored
             base, rules = self.slots["chat_init"], self.qa_rules
             text = f"{p.turn(p.user, collapse_blank_lines(cmd.text))}\n\n{p.turn(p.bot, '')}"
-        timing = Timing()
+        clock, timing = ReplyClock(self.clock), Timing()
         start = self.feed(base, text, (Turn("input", text),), settings, timing)
+        clock.prefilled(timing.tokens)
         self.slots["gen_0"] = start
-        yield from self._free_text(start, settings, rules, timing)
+        yield from self._free_text(start, settings, rules, clock)
 
     def _on_retry(self, cmd: C.Retry, settings: SamplingSettings) -> Iterator[Event]:
         if "gen_0" not in self.slots:
             yield Problem("nothing to resample yet: use +gen, +i, +qq or +qa first")
             return
         yield from self._free_text(self.slots["gen_0"], settings, self._rules_of("gen_0"),
-                                   Timing())
+                                   ReplyClock(self.clock))
 
     def _on_continue(self, cmd: C.Continue, settings: SamplingSettings) -> Iterator[Event]:
         if "gen_1" not in self.slots:
@@ -264,7 +284,7 @@ class Session(TreeCommands):
             return
         self.slots["gen_0"] = self.slots["gen_1"]
         yield from self._free_text(self.slots["gen_1"], settings, self._rules_of("gen_1"),
-                                   Timing())
+                                   ReplyClock(self.clock))
 
     def _rules_of(self, slot: str) -> LogitRules:
         """`+qa` text keeps its newline rule when resampled or continued."""
@@ -288,7 +308,7 @@ class Session(TreeCommands):
             stop_tokens=stop_tokens, cancel=self.cancel)
 
     def _chat_reply(self, pre: Snapshot, settings: SamplingSettings,
-                    prefill: Timing) -> Iterator[Event]:
+                    clock: ReplyClock) -> Iterator[Event]:
         """Sample a reply after `pre` until a blank line or the user's name; save `chat`."""
         p = self.prompt
         stops = ("\n\n", "\n" + p.turn(p.user, ""))
@@ -298,6 +318,7 @@ class Session(TreeCommands):
         yield ReplyStart(p.bot)
         for _ in gen:
             text += stream.feed(gen.tokens[-1])
+            clock.token()
             found = [i for i in (text.find(s) for s in stops) if i >= 0]
             if found:
                 cut = min(found)
@@ -327,10 +348,10 @@ class Session(TreeCommands):
         else:  # the sampled tokens ran past the stop: re-read the kept reply from `chat_pre`
             done = self.feed(pre, target, turn, settings, cancellable=False)
         self.slots["chat"] = done
-        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
+        yield ReplyEnd(clock.finish(), gen.stopped_by_user)
 
     def _free_text(self, start: Snapshot, settings: SamplingSettings, rules: LogitRules,
-                   prefill: Timing) -> Iterator[Event]:
+                   clock: ReplyClock) -> Iterator[Event]:
         """Free text after `start` until end-of-text or max tokens; save `gen_1`."""
         gen = self._generation(start, settings, rules,
                                frozenset({self.tokenizer.end_of_text_id}))
@@ -339,6 +360,7 @@ class Session(TreeCommands):
         yield ReplyStart(None)
         for token in gen:
             piece = stream.feed(token)
+            clock.token()
             if piece:
                 pieces.append(piece)
                 yield Chunk(piece)
@@ -353,7 +375,7 @@ class Session(TreeCommands):
         self.slots["gen_1"] = Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens),
                                        start.transcript + (Turn("text", "".join(pieces)),),
                                        settings)
-        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
+        yield ReplyEnd(clock.finish(), gen.stopped_by_user)
 
 
 def _safe_end(text: str, stops: tuple[str, ...]) -> int:

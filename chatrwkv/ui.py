@@ -41,6 +41,7 @@ from .session import (
     Stats,
 )
 from .sessionfile import home_dir, list_sessions
+from .stats import format_stats
 from .termtext import terminal_safe
 from .textin import valid_text
 from .typeahead import quiet_keys
@@ -92,15 +93,7 @@ def transcript_lines(session: Session, event: ShowTranscript) -> list[str]:
 
 
 def stats_line(stats: Stats, interrupted: bool) -> str:
-    p, d = stats.prefill, stats.decode
-    parts = [f"{stats.tokens} tokens"]
-    if p.tokens:
-        parts.append(f"prefill {p.tokens} tok at {p.rate:.0f} tok/s")
-    if d.tokens:
-        parts.append(f"decode {d.rate:.1f} tok/s")
-    if interrupted:
-        parts.append("stopped")
-    return " · ".join(parts)
+    return format_stats(stats, interrupted)
 
 
 # --- piped mode --------------------------------------------------------------------------------
@@ -146,6 +139,8 @@ class Terminal:
         s, p = self.session, self.session.prompt
         describe = getattr(s.model, "describe", lambda: "model")()
         self.console.print(Text.assemble(("chatrwkv", "bold"), f"  {describe}", style="cyan"))
+        if engine := getattr(s.model, "engine_path", None):
+            self.console.print(Text(f"engine: {engine}", style="dim"))
         self.console.print(Text(f"prompt '{p.name}': you are {p.user}, talking with {p.bot}. "
                                 "+help lists commands, Ctrl-C stops a reply, Ctrl-D leaves.",
                                 style="dim"))

@@ -81,12 +81,28 @@ static inline PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
                                           ? CK_ISA_AVX512 : level));
 }
 
-/* The method table both modules export: new_model, step (fastcall), threads, set_simd. */
-#define CK_METHODS(new_model, step, threads)                                                   \
+/* pool(model[, stall_ns, solo_ns]): sets the pool's stall / solo times where given (>= 0);
+ * returns (threads, phases, phases run by the caller alone, stalls). */
+static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_offset) {
+    PyObject *cap;
+    long long stall = -1, solo = -1;
+    if (!PyArg_ParseTuple(args, "O|LL", &cap, &stall, &solo)) return NULL;
+    char *m = PyCapsule_GetPointer(cap, capsule);
+    if (!m) return NULL;
+    CkPool *p = (CkPool *)(m + pool_offset);
+    if (stall >= 0) p->stall_ns = (long)stall;
+    if (solo >= 0) p->solo_ns = (long)solo;
+    if (stall >= 0 || solo >= 0) p->solo_until = 0;
+    return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
+}
+
+/* The method table both modules export: new_model, step (fastcall), threads, pool, set_simd. */
+#define CK_METHODS(new_model, step, threads, pool)                                             \
     {                                                                                          \
         {"new_model", new_model, METH_VARARGS, "Build a model from weight addresses."},        \
         {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "Run one token."},          \
         {"threads", threads, METH_VARARGS, "Threads the model's pool runs."},                  \
+        {"pool", pool, METH_VARARGS, "Pool settings and counts (see _cpubind.h)."},           \
         {"set_simd", ck_py_set_simd, METH_VARARGS,                                             \
          "Kernels of at most this level (True: the best, False: scalar); returns what runs."}, \
         {NULL, NULL, 0, NULL},                                                                 \

@@ -595,11 +595,20 @@ static inline void ck_i4_dequant_rows(const CkMat *m, int r0, int r1, void *out,
  * waits until `done` reaches `total`, does the serial work between phases, and publishes the
  * next. Workers spin on the ticket for a while after each phase, then sleep on a condition
  * variable until the next step wakes them.
+ *
+ * A busy machine (one other CPU-bound process on 2 cores) breaks the one assumption left: a
+ * worker that took a chunk and was then descheduled makes the caller wait for it, a whole time
+ * slice (milliseconds) for a phase that takes microseconds. The caller yields while it waits,
+ * so a worker sharing its core can finish, and a wait that long (`stall_ns`) makes it run the
+ * next phases alone for `solo_ns` (the workers, unfed, go to sleep), then try the pool again:
+ * on a quiet machine no wait comes near it and every phase runs in parallel.
  */
 
 #define CK_MAX_TASKS 8
 #define CK_MAX_THREADS 64
 #define CK_SPIN_NS 2000000L  /* how long an idle worker spins before it sleeps */
+#define CK_STALL_NS 300000L  /* a straggler wait this long: a worker was descheduled */
+#define CK_SOLO_NS 100000000L /* then the caller runs phases alone this long */
 
 typedef struct CkPhase CkPhase;
 typedef void (*CkChunkFn)(const CkPhase *ph, int chunk);
@@ -625,6 +634,9 @@ typedef struct {
     int n_threads;         /* workers + the caller */
     int stop;
     int sleeping;          /* atomic: workers waiting on `wake` */
+    long stall_ns, solo_ns;  /* CK_STALL_NS, CK_SOLO_NS (tests change them) */
+    long solo_until;       /* the caller runs phases alone until then (0: not) */
+    long n_phases, n_solo, n_stalls;  /* counts, for tests and tuning */
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_t threads[CK_MAX_THREADS];
@@ -714,6 +726,8 @@ static int ck_pool_start(CkPool *p, int n_threads) {
     if (n_threads > CK_MAX_THREADS) n_threads = CK_MAX_THREADS;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
+    p->stall_ns = CK_STALL_NS;
+    p->solo_ns = CK_SOLO_NS;
     p->n_threads = 1;
     for (int i = 1; i < n_threads; i++) {
         if (pthread_create(&p->threads[i], NULL, ck_worker, p) != 0) break;
@@ -733,9 +747,17 @@ static void ck_pool_stop(CkPool *p) {
     p->n_threads = 1;
 }
 
-/* Runs the phase described in p->phase with `total` chunks, the caller taking part. */
+/* Runs the phase described in p->phase with `total` chunks, the caller taking part (or alone,
+ * after a stall: see the pool's comment). */
 static void ck_run_phase(CkPool *p, int total) {
     if (total <= 0) return;
+    p->n_phases++;
+    if (p->solo_until && ck_now_ns() >= p->solo_until) p->solo_until = 0;
+    if (p->n_threads == 1 || p->solo_until) {
+        for (int c = 0; c < total; c++) ck_run_chunk(&p->phase, c);
+        p->n_solo++;
+        return;
+    }
     uint64_t old = __atomic_load_n(&p->ticket, __ATOMIC_RELAXED);
     __atomic_store_n(&p->done, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&p->ticket, CK_TICKET(CK_SEQ(old) + 1, total, 0), __ATOMIC_SEQ_CST);
@@ -745,7 +767,19 @@ static void ck_run_phase(CkPool *p, int total) {
         pthread_mutex_unlock(&p->mu);
     }
     ck_work(p);
-    while (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < total) CK_PAUSE();
+    long waited = 0;
+    if (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < total) {
+        long t0 = ck_now_ns();
+        for (int spins = 1; __atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < total; spins++) {
+            CK_PAUSE();
+            if (spins % 256 == 0) sched_yield();  /* a descheduled worker may share our core */
+        }
+        waited = ck_now_ns() - t0;
+    }
+    if (waited >= p->stall_ns) {  /* stall_ns 0: every phase (tests) */
+        p->n_stalls++;
+        p->solo_until = ck_now_ns() + p->solo_ns;
+    }
 }
 
 /* ---- products as phases ------------------------------------------------------------------ */

@@ -403,7 +403,11 @@ static PyObject *py_threads(PyObject *self, PyObject *args) {
     return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
 }
 
-static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads);
+static PyObject *py_pool(PyObject *self, PyObject *args) {
+    return ck_py_pool(args, CAPSULE, offsetof(V7Model, pool));
+}
+
+static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
                                     "RWKV v7 one-token step on the CPU.", -1, methods};

@@ -130,6 +130,24 @@ class RWKVModel(ABC):
         """Versions with a C one-token step build it here (None: it cannot run this model)."""
         return None
 
+    def _c_step_missing(self) -> str:
+        """Why `_build_c_step` gave None (versions with a C step say more)."""
+        return f"no C step for RWKV v{self.config.version}"
+
+    @property
+    def engine_path(self) -> str:
+        """Which code runs a one-token step, for the banner, `+show` and the bench: e.g.
+        "C step (AVX2 kernels, 2 threads)" or "torch fallback (C extension not built: ...)".
+        Builds the C step if no step has run yet (it would be built at the first one)."""
+        if self.device.type != "cpu":
+            return f"torch on {self.device.type}"
+        if not self._c_step_built:
+            self._c_step_built = True
+            self._c_step = self._build_c_step()
+        if self._c_step is not None:
+            return f"C step ({self._c_step.kernels} kernels, {self._c_step.n_threads} threads)"
+        return f"torch fallback ({self._c_step_missing()})"
+
     def _weight_tensors(self) -> list[object]:
         """Every prepared weight (for the gradient check of `_c_step_for`)."""
         return []

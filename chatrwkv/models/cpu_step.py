@@ -9,7 +9,7 @@ tensors alive, checks states before the C side writes into them, and runs one to
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,6 +19,30 @@ from .quant import Int4Linear, Int8Linear, int4_row_bytes
 
 CK_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # _cpukern.h's CK_F32, CK_BF16
 CK_INT8 = 2
+
+
+def missing_reason(built: bool, import_error: str, device: torch.device, dtype: str) -> str:
+    """Why a version's C step does not run a model (for `RWKVModel.engine_path`)."""
+    if not built:
+        return f"C extension not built: {import_error}"
+    if device.type != "cpu":
+        return f"the C step runs on the CPU, not {device.type}"
+    return f"the C step cannot read these weights ({dtype})"
+
+
+def simd_name() -> str:
+    """The kernels the C step picks on this CPU (as `_cpukern.h`'s `ck_init`: AVX2 with FMA,
+    else the scalar twins); an extension that exports `kernels()` is asked instead."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "scalar"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "SIMD"
+    return "AVX2" if "avx2" in flags and "fma" in flags else "scalar"
 
 
 class Unsupported(Exception):
@@ -73,6 +97,13 @@ def weight_shape(shape: tuple[int, int], dtype: str) -> tuple[int, int]:
     return (shape[0], int4_row_bytes(shape[1])) if dtype == "int4" else shape
 
 
+class PoolCounts(NamedTuple):
+    threads: int
+    phases: int
+    solo_phases: int  # run by the caller alone, after a stall
+    stalls: int       # waits for a descheduled worker
+
+
 class CpuStep:
     """One model's C step: `step(token, state)` advances the state in place, returns logits."""
 
@@ -85,8 +116,21 @@ class CpuStep:
         self.state_shapes = state_shapes
 
     @property
+    def kernels(self) -> str:
+        """The name of the kernels this step runs, e.g. "AVX2"."""
+        query = getattr(self._module, "kernels", None)
+        return str(query()) if callable(query) else simd_name()
+
+    @property
     def n_threads(self) -> int:
         return self._module.threads(self.handle)
+
+    def pool(self, stall_ns: int | None = None, solo_ns: int | None = None) -> PoolCounts:
+        """The pool's counts; with arguments, first set how long a wait for a worker counts
+        as a stall and how long the caller then runs phases alone (`_cpukern.h`)."""
+        args = () if stall_ns is None and solo_ns is None else (
+            -1 if stall_ns is None else stall_ns, -1 if solo_ns is None else solo_ns)
+        return PoolCounts(*self._module.pool(self.handle, *args))
 
     def accepts(self, state: Any) -> bool:
         """Whether `state` is what the C side writes into: contiguous fp32 CPU, right shapes."""

@@ -296,6 +296,9 @@ class RWKV4(RWKVModel):
     def _build_c_step(self) -> CpuStep | None:
         return v4_cpu.build(self)
 
+    def _c_step_missing(self) -> str:
+        return v4_cpu.missing(self)
+
     def _weight_tensors(self) -> list[object]:
         tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
         for w in self.layers:

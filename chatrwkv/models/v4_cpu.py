@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from .arena import Arena
-from .cpu_step import CK_DTYPES, CpuStep, Unsupported, fp32_address, matrix, weight_arena
+from .cpu_step import (
+    CK_DTYPES,
+    CpuStep,
+    Unsupported,
+    fp32_address,
+    matrix,
+    missing_reason,
+    weight_arena,
+)
 
 if TYPE_CHECKING:
     from .base import ModelConfig
@@ -24,8 +32,10 @@ if TYPE_CHECKING:
 
 try:
     from . import _v4cpu
-except ImportError:  # built without a C compiler: the torch path runs
+    _IMPORT_ERROR = ""
+except ImportError as e:  # built without a C compiler: the torch path runs
     _v4cpu = None
+    _IMPORT_ERROR = str(e)
 
 EMB_DTYPES = {**CK_DTYPES, torch.float16: 3}  # an fp32 model keeps a 16-bit file's embedding
 STATE_FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # the order `step` takes
@@ -33,6 +43,11 @@ STATE_FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # the order 
 
 def available() -> bool:
     return _v4cpu is not None
+
+
+def missing(model: RWKV4) -> str:
+    """Why `build` gives None for `model`."""
+    return missing_reason(_v4cpu is not None, _IMPORT_ERROR, model.device, model.dtype_name)
 
 
 def use_simd(level: bool | int) -> int:

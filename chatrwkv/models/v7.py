@@ -421,6 +421,9 @@ class RWKV7(RWKVModel):
     def _build_c_step(self) -> CpuStep | None:
         return v7_cpu.build(self)
 
+    def _c_step_missing(self) -> str:
+        return v7_cpu.missing(self)
+
     def _weight_tensors(self) -> list[object]:
         tensors = [self.emb, self.ln0_w, self.ln0_b, self.ln_out_w, self.ln_out_b, self.head]
         for p in self.layers:

@@ -14,19 +14,34 @@ from typing import TYPE_CHECKING
 import torch
 
 from .arena import Arena
-from .cpu_step import CK_DTYPES, CpuStep, Unsupported, fp32_address, matrix, weight_arena
+from .cpu_step import (
+    CK_DTYPES,
+    CpuStep,
+    Unsupported,
+    fp32_address,
+    matrix,
+    missing_reason,
+    weight_arena,
+)
 
 if TYPE_CHECKING:
     from .v7 import RWKV7, RWKV7Config
 
 try:
     from . import _v7cpu
-except ImportError:  # built without a C compiler: the torch path runs
+    _IMPORT_ERROR = ""
+except ImportError as e:  # built without a C compiler: the torch path runs
     _v7cpu = None
+    _IMPORT_ERROR = str(e)
 
 
 def available() -> bool:
     return _v7cpu is not None
+
+
+def missing(model: RWKV7) -> str:
+    """Why `build` gives None for `model`."""
+    return missing_reason(_v7cpu is not None, _IMPORT_ERROR, model.device, model.dtype_name)
 
 
 def use_simd(level: bool | int) -> int:

@@ -63,10 +63,13 @@ def load_tokenizer(vocab_size: int, path: str | Path | None = None) -> Tokenizer
 def _load_builtin(kind: str, vocab_size: int) -> Tokenizer:
     data = resources.files("chatrwkv").joinpath("data")
     if kind == "world":
+        from .vocabcache import cached_vocab
         from .world import WorldTokenizer
+        from .world_vocab import parse_world_vocab
 
         text = data.joinpath(WORLD_VOCAB).read_text(encoding="utf-8")
-        return WorldTokenizer.from_text(text, WORLD_VOCAB, name="world", vocab_size=vocab_size)
+        vocab = cached_vocab(text, WORLD_VOCAB, parse_world_vocab)
+        return WorldTokenizer(vocab, source=WORLD_VOCAB, name="world", vocab_size=vocab_size)
     from .pile import HFTokenizer
 
     text = data.joinpath(PILE_JSON).read_text(encoding="utf-8")
