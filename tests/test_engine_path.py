@@ -35,6 +35,18 @@ def test_engine_path_names_the_c_step(v7_path):
     assert f"{model._c_step.n_threads} threads" in path
 
 
+@needs_c
+def test_engine_path_names_the_kernels_that_run_not_a_guess(v7_path):
+    model = load_model(v7_path, device="cpu", dtype="fp32")
+    names = {0: "scalar", 1: "AVX2", 2: "AVX-512"}
+    try:
+        for level in (0, 1, 2):
+            runs = v7_cpu.use_simd(level)  # at most `level`: what this CPU has of it
+            assert f"C step ({names[runs]} kernels," in model.engine_path
+    finally:
+        v7_cpu.use_simd(True)
+
+
 def test_engine_path_says_why_torch_runs(v7_path, monkeypatch):
     monkeypatch.setattr(v7_cpu, "_v7cpu", None)
     monkeypatch.setattr(v7_cpu, "_IMPORT_ERROR", "No module named 'chatrwkv.models._v7cpu'")

@@ -81,6 +81,13 @@ static inline PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
                                           ? CK_ISA_AVX512 : level));
 }
 
+/* kernels(): the name of the kernels that run now ("AVX-512", "AVX2" or "scalar"), so the
+ * banner, `+show` and the bench name exactly what runs rather than guess from CPU flags. */
+static inline PyObject *ck_py_kernels(PyObject *self, PyObject *unused) {
+    static const char *names[] = {"scalar", "AVX2", "AVX-512"};
+    return PyUnicode_FromString(names[ck_isa]);
+}
+
 /* pool(model[, stall_ns, solo_ns]): sets the pool's stall / solo times where given (>= 0);
  * returns (threads, phases, phases run by the caller alone, stalls). */
 static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_offset) {
@@ -96,7 +103,8 @@ static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_off
     return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
 }
 
-/* The method table both modules export: new_model, step (fastcall), threads, pool, set_simd. */
+/* The method table both modules export: new_model, step (fastcall), threads, pool, set_simd,
+ * kernels. */
 #define CK_METHODS(new_model, step, threads, pool)                                             \
     {                                                                                          \
         {"new_model", new_model, METH_VARARGS, "Build a model from weight addresses."},        \
@@ -105,6 +113,7 @@ static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_off
         {"pool", pool, METH_VARARGS, "Pool settings and counts (see _cpubind.h)."},           \
         {"set_simd", ck_py_set_simd, METH_VARARGS,                                             \
          "Kernels of at most this level (True: the best, False: scalar); returns what runs."}, \
+        {"kernels", ck_py_kernels, METH_NOARGS, "The name of the kernels that run now."},     \
         {NULL, NULL, 0, NULL},                                                                 \
     }
 
