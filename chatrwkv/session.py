@@ -15,14 +15,15 @@ sampling settings) and saves the snapshots ChatRWKV does:
 Snapshots are never mutated after they are saved (work happens on clones), so one snapshot can
 sit under two names. Every turn that changes the slots becomes a node of the conversation tree
 (conversation.py); `+` and `++` put their new reply beside the one they replace. The tree and file
-commands live in treecommands.py. `handle()` yields events for the UI; nothing here prints.
+commands live in treecommands.py, in a `TreeCommands` the session owns and dispatches to (the
+session is the top of its layer: nothing below imports it). `handle()` yields events for the UI;
+nothing here prints.
 """
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,7 @@ from .sampling import (
 )
 from .sessionfile import states_dir
 from .state import State
+from .templates import collapse_blank_lines
 from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
@@ -70,14 +72,6 @@ INSTRUCTION = ("\nBelow is an instruction that describes a task. Write a respons
                "appropriately completes the request.\n\n# Instruction:\n{text}\n\n# Response:\n")
 
 
-
-
-
-def collapse_blank_lines(text: str) -> str:
-    """A blank line would end the turn, so a message keeps single newlines only."""
-    return re.sub(r"\n\s*\n", "\n", text.replace("\r\n", "\n")).strip()
-
-
 # command -> (node label, whether a repeat of the same label goes beside the current node)
 TURNS: dict[type, tuple[str, bool]] = {
     C.Message: ("chat", False), C.Regenerate: ("chat", True), C.Generate: ("gen", False),
@@ -85,7 +79,7 @@ TURNS: dict[type, tuple[str, bool]] = {
 }
 
 
-class Session(TreeCommands):
+class Session:
     """Owns the model's conversation. Set `cancel` (from a signal handler) to stop a reply."""
 
     def __init__(self, model, tokenizer, prompt: Prompt, *,
@@ -117,6 +111,7 @@ class Session(TreeCommands):
         self.free_rules = LogitRules(no_repeat=no_repeat)
         self.qa_rules = LogitRules(no_repeat=no_repeat, newline_id=nl,
                                    newline_bias=qa_newline_bias)
+        self.tree_commands = TreeCommands(self)
 
     # --- snapshots and feeding -----------------------------------------------------------------
 
@@ -174,12 +169,27 @@ class Session(TreeCommands):
         current = self.tree.nodes[self.tree.current]
         self.record(label, preview, sibling=beside and current.label == label)
 
+    # --- the tree and file commands' entry points, used by the command line and the UI --------
+
+    def where(self) -> str:
+        return self.tree_commands.where()
+
+    def load_named(self, name: str) -> None:
+        self.tree_commands.load_named(name)
+
+    def save_named(self, name: str) -> Path:
+        return self.tree_commands.save_named(name)
+
+    def mount(self, path: str | Path) -> None:
+        self.tree_commands.mount(path)
+
     # --- commands ------------------------------------------------------------------------------
 
     def handle(self, command: C.Command) -> Iterator[Event]:
         """Run one command, yielding events. A failure is one Problem and changes nothing."""
         self.cancel.clear()
-        handler = getattr(self, "_on_" + type(command).__name__.lower(), None)
+        name = "_on_" + type(command).__name__.lower()
+        handler = getattr(self, name, None) or getattr(self.tree_commands, name, None)
         if handler is None:
             yield Problem(f"no handler for {type(command).__name__}")
             return

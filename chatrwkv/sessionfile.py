@@ -42,7 +42,7 @@ import tempfile
 import weakref
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -53,7 +53,18 @@ from .sampling import SamplingSettings
 
 if TYPE_CHECKING:
     from .events import Snapshot, Turn
-    from .session import Session
+
+
+class SessionLike(Protocol):
+    """What a session file is written from and read for (the session module sits above this
+    one and passes itself)."""
+
+    model: object
+    tokenizer: object
+    tree: Conversation
+    generator: torch.Generator
+    initial_state: object | None
+    mounted_name: str | None
 
 FORMAT = "chatrwkv-session"
 FORMAT_VERSION = 2
@@ -113,7 +124,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 # --- writing -----------------------------------------------------------------------------------
 
-def encode_session(session: Session) -> bytes:
+def encode_session(session: SessionLike) -> bytes:
     from safetensors.torch import save
 
     from .events import Snapshot
@@ -305,7 +316,7 @@ def _decoded_tokens(obj: Snapshot | Hollow) -> tuple[int, ...] | None:
     return None if isinstance(obj, Hollow) and not obj.decoded else obj.tokens
 
 
-def save_session(session: Session, path: Path) -> int:
+def save_session(session: SessionLike, path: Path) -> int:
     """Write `session` to `path` atomically; returns the file size in bytes."""
     data = encode_session(session)
     atomic_write(path, data)
@@ -322,7 +333,7 @@ class Loaded:
     mounted_name: str | None
 
 
-def load_session(session: Session, path: Path) -> Loaded:
+def load_session(session: SessionLike, path: Path) -> Loaded:
     """Read and check a session file for `session`'s model; changes nothing in `session`."""
     from safetensors import SafetensorError, safe_open
 
@@ -359,7 +370,7 @@ def load_session(session: Session, path: Path) -> Loaded:
                              f"{str(e)[:80]})") from None
 
 
-def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> Loaded:
+def _decode(session: SessionLike, body: dict, tensors: dict[str, torch.Tensor]) -> Loaded:
     """The tree, with only the stored snapshots decoded: nothing here runs once per turn."""
     from .events import Snapshot
 

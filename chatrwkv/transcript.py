@@ -12,15 +12,15 @@ reply the model sampled as different tokens than `encode` gives is re-read as `e
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import ChatRWKVError
 from .events import Snapshot, Turn
 from .prompts import Prompt
-
-if TYPE_CHECKING:
-    from .session import Session
+from .sampling import SamplingSettings
+from .templates import collapse_blank_lines
 
 ROLE_OUT = {"prompt": "system", "user": "user", "bot": "assistant"}
 MAX_IMPORT_BYTES = 64 << 20
@@ -28,6 +28,20 @@ MAX_IMPORT_BYTES = 64 << 20
 
 class TranscriptError(ChatRWKVError):
     """A transcript file that cannot be read."""
+
+
+class Feeder(Protocol):
+    """What `rebuild` needs from a session (the session module sits above this one)."""
+
+    prompt: Prompt
+    settings: SamplingSettings
+    runtime: object
+    cancel: threading.Event
+
+    def zero(self) -> Snapshot: ...
+    def feed(self, base: Snapshot, text: str, turns: tuple[Turn, ...],
+             settings: SamplingSettings) -> Snapshot: ...
+    def encode_fed(self, text: str) -> list[int]: ...
 
 
 def to_messages(turns: tuple[Turn, ...]) -> list[dict[str, str]]:
@@ -68,10 +82,8 @@ def read_json(path: Path) -> list[dict[str, str]]:
     return data
 
 
-def rebuild(session: Session, messages: list[dict[str, str]]) -> tuple[dict[str, Snapshot], int]:
+def rebuild(session: Feeder, messages: list[dict[str, str]]) -> tuple[dict[str, Snapshot], int]:
     """New slots (`chat_init`, `chat_pre`, `chat`) for `messages`, each token read once."""
-    from .session import collapse_blank_lines
-
     p = session.prompt
     system = [m["content"] for m in messages if m["role"] == "system"]
     init = system[0] if system else p.init
@@ -99,7 +111,7 @@ def rebuild(session: Session, messages: list[dict[str, str]]) -> tuple[dict[str,
     return slots, len(snap.tokens)
 
 
-def _feed_pieces(session: Session, base: Snapshot, pieces: list[tuple[str, Turn]]) -> Snapshot:
+def _feed_pieces(session: Feeder, base: Snapshot, pieces: list[tuple[str, Turn]]) -> Snapshot:
     """Each piece encoded on its own, as the chat encodes each turn; one prefill for all."""
     ids = [t for text, _ in pieces for t in session.encode_fed(text)]
     state = base.state.clone()
