@@ -14,7 +14,8 @@ from .state import State
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    role: str   # "prompt", "user", "bot", "input" (free-generation input), "text" (free output)
+    role: str   # "prompt", "user", "think" (a reply's thinking, before its "bot" turn), "bot",
+                # "input" (free-generation input), "text" (free output)
     text: str
 
 
@@ -52,10 +53,16 @@ class Chunk:
 
 
 @dataclasses.dataclass(frozen=True)
+class ThinkChunk:
+    text: str  # a piece of a reply's thinking (inside <think>...</think>), literal text
+
+
+@dataclasses.dataclass(frozen=True)
 class Stats:
     tokens: int
     prefill: Timing
     decode: Timing
+    thinking: int = 0  # of `tokens`, how many were the reply's thinking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,5 +100,10 @@ class ShowTranscript:
     turns: tuple[Turn, ...]
 
 
-Event = (Info | Problem | ReplyStart | Chunk | ReplyEnd | ShowHelp | ExitRequested | ShowTree
-         | ShowTranscript)
+@dataclasses.dataclass(frozen=True)
+class ShowSettings:
+    rows: tuple[tuple[str, str], ...]  # (name, value), in the order to print
+
+
+Event = (Info | Problem | ReplyStart | Chunk | ThinkChunk | ReplyEnd | ShowHelp | ExitRequested
+         | ShowTree | ShowTranscript | ShowSettings)

@@ -4,9 +4,12 @@ Every command starts from a named `Snapshot` (state + last logits + token ids + 
 sampling settings) and saves the snapshots ChatRWKV does:
 
     message      chat      -> feed "{user}: {msg}\\n\\n{bot}:" -> chat_pre -> reply -> chat
+                 (a G1 think mode adds its hint to {msg} and feeds its prefix, e.g. " <think",
+                 from chat_pre before sampling; a turn that thought is closed as +set history says)
     +            chat_pre  -> reply -> chat
     +reset       chat_init -> chat
     +prompt F    zero      -> feed F's init -> chat_init, chat
+    +system T    zero      -> feed "System: T\\n\\n" + the init -> chat_init, chat
     +gen/+i/+qq  zero      -> feed template -> gen_0 -> free text -> gen_1
     +qa          chat_init -> feed "{user}: {q}\\n\\n{bot}:" -> gen_0 -> free text -> gen_1
     ++           gen_0     -> free text -> gen_1
@@ -31,6 +34,8 @@ from pathlib import Path
 import torch
 
 from . import commands as C
+from .chatreply import ReplyReader
+from .chatsettings import CHAT_MAX_TOKENS, ChatOptions, apply_setting, setting_value
 from .conversation import DEFAULT_MAX_LIVE, Conversation, first_words
 from .errors import ChatRWKVError
 from .events import (  # noqa: F401 - re-exported: the UI and tests import events from here
@@ -42,10 +47,12 @@ from .events import (  # noqa: F401 - re-exported: the UI and tests import event
     ReplyEnd,
     ReplyStart,
     ShowHelp,
+    ShowSettings,
     ShowTranscript,
     ShowTree,
     Snapshot,
     Stats,
+    ThinkChunk,
     TreeRow,
     Turn,
 )
@@ -62,11 +69,10 @@ from .sampling import (
 )
 from .sessionfile import states_dir
 from .state import State
-from .templates import collapse_blank_lines
+from .templates import assistant_prefix, clean_text, collapse_blank_lines, user_suffix
 from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
-CHAT_MAX_TOKENS = 999      # ChatRWKV's bound; the newline schedule ends replies long before
 SPLIT_CHAR_EXTRA = 16      # tokens allowed past --max-tokens to finish a split character
 INSTRUCTION = ("\nBelow is an instruction that describes a task. Write a response that "
                "appropriately completes the request.\n\n# Instruction:\n{text}\n\n# Response:\n")
@@ -86,14 +92,14 @@ class Session:
                  settings: SamplingSettings | None = None, seed: int | None = None,
                  max_tokens: int = 256, chat_max_tokens: int = CHAT_MAX_TOKENS,
                  runtime: Runtime | None = None, max_live: int = DEFAULT_MAX_LIVE,
-                 states_folder: Path | None = None):
+                 states_folder: Path | None = None, options: ChatOptions | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.runtime = runtime or Runtime(model)
         self.prompt = prompt
         self.settings = settings or SamplingSettings()
-        self.max_tokens = max_tokens
-        self.chat_max_tokens = chat_max_tokens
+        self.options = options or ChatOptions(max_tokens=max_tokens,
+                                              chat_max_tokens=chat_max_tokens)
         self.generator = torch.Generator()
         self.reseed(seed)
         self.cancel = threading.Event()
@@ -108,10 +114,54 @@ class Session:
         no_repeat = single_tokens(tokenizer.encode, AVOID_REPEAT)
         self.chat_rules = LogitRules(banned=frozenset({eot}), no_repeat=no_repeat,
                                      newline_id=nl, newline_bias=chat_newline_bias)
+        # RWKV-7 G1: the official chat demo (ChatRWKV API_DEMO_CHAT.py) only bans end-of-text
+        self.g1_rules = LogitRules(banned=frozenset({eot}))
         self.free_rules = LogitRules(no_repeat=no_repeat)
         self.qa_rules = LogitRules(no_repeat=no_repeat, newline_id=nl,
                                    newline_bias=qa_newline_bias)
         self.tree_commands = TreeCommands(self)
+
+    # --- settings ------------------------------------------------------------------------------
+
+    @property
+    def max_tokens(self) -> int:
+        return self.options.max_tokens
+
+    @property
+    def chat_max_tokens(self) -> int:
+        return self.options.chat_max_tokens
+
+    def think_mode(self) -> str:
+        """The think mode in force: think modes are the G1 templates', so "off" elsewhere."""
+        return self.options.think if self.prompt.style == "g1" else "off"
+
+    def settings_rows(self) -> tuple[tuple[str, str], ...]:
+        """What `+show` prints: the model, the prompt, every setting."""
+        m, p = self.model, self.prompt
+        c = getattr(m, "config", None)
+        rows = [("model", str(getattr(m, "path", type(m).__name__)))]
+        if c is not None:
+            rows += [("version", f"v{getattr(c, 'version', '?')}"),
+                     ("layers x width", f"{getattr(c, 'n_layer', '?')} x {getattr(c, 'n_embd', '?')}"),
+                     ("vocabulary", f"{self.tokenizer.name} ({getattr(c, 'vocab_size', '?')})")]
+        device = getattr(m, "device", None)
+        rows += [("dtype", str(getattr(m, "dtype_name", "?"))),
+                 ("device", str(getattr(device, "type", device or "?"))),
+                 ("threads", str(torch.get_num_threads()))]
+        engine = getattr(m, "engine_path", None)
+        if engine:
+            rows.append(("engine", str(engine)))
+        rows += [("prompt", f"{p.name} ({p.style} style: {p.user} / {p.bot})"),
+                 ("system", p.system or "(none)")]
+        if self.mounted_name:
+            rows.append(("state", self.mounted_name))
+        think = self.options.think
+        rows.append(("think", think if self.think_mode() == think else f"{think} (the {p.style} "
+                     "prompt does not think: +prompt g1)"))
+        rows += [(k, setting_value(self.settings, self.options, k)) for k in (
+            "history", "temperature", "top_p", "top_k", "presence", "frequency", "decay",
+            "max_tokens", "chat_max_tokens")]
+        return tuple(rows)
 
     # --- snapshots and feeding -----------------------------------------------------------------
 
@@ -144,10 +194,15 @@ class Session:
         return Snapshot(state, logits, base.tokens + tuple(ids), base.transcript + turns, settings)
 
     def start(self, prompt: Prompt, label: str = "prompt") -> Timing:
-        """Feed `prompt` from the zero state; it becomes `chat_init` and `chat` (a new node)."""
+        """Feed `prompt` (system prompt and init) from the zero state; it becomes `chat_init` and
+        `chat` (a new node). A G1 prompt with no system prompt feeds nothing."""
         timing = Timing()
-        snap = self.feed(self.zero(), prompt.init, (Turn("prompt", prompt.init),), self.settings,
-                         timing)
+        text = prompt.start_text()
+        turns = (Turn("prompt", text),)
+        if text:
+            snap = self.feed(self.zero(), text, turns, self.settings, timing)
+        else:
+            snap = dataclasses.replace(self.zero(), transcript=turns)
         self.prompt = prompt
         self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
         self.slots["chat_init"] = self.slots["chat"] = snap
@@ -227,10 +282,28 @@ class Session:
         yield Info(f"Prompt '{prompt.name}' loaded ({timing.tokens} tokens): "
                    f"you are {prompt.user}, talking with {prompt.bot}.")
 
+    def _on_setsystem(self, cmd: C.SetSystem, settings: SamplingSettings) -> Iterator[Event]:
+        prompt = dataclasses.replace(self.prompt, system=clean_text(cmd.text))
+        timing = self.start(prompt, label="system")
+        yield Info((f"system prompt set ({timing.tokens} tokens)" if prompt.system
+                    else "system prompt cleared") + "; the conversation starts over")
+
+    def _on_setoption(self, cmd: C.SetOption, settings: SamplingSettings) -> Iterator[Event]:
+        self.settings, self.options, name = apply_setting(self.settings, self.options, cmd.key,
+                                                          cmd.value)
+        yield Info(f"{name} = {setting_value(self.settings, self.options, name)}")
+        if name == "think" and self.think_mode() != self.options.think:
+            yield Info(f"(prompt '{self.prompt.name}' is not a G1 chat: think modes apply "
+                       "after +prompt g1)")
+
+    def _on_showsettings(self, cmd: C.ShowSettings, settings: SamplingSettings
+                         ) -> Iterator[Event]:
+        yield ShowSettings(self.settings_rows())
+
     def _on_message(self, cmd: C.Message, settings: SamplingSettings) -> Iterator[Event]:
         msg = collapse_blank_lines(cmd.text)
-        p = self.prompt
-        text = f"{p.turn(p.user, msg)}\n\n{p.turn(p.bot, '')}"
+        p, think = self.prompt, self.think_mode()
+        text = f"{p.turn(p.user, msg + user_suffix(think))}\n\n{p.turn(p.bot, '')}"
         timing = Timing()
         pre = self.feed(self.slots["chat"], text, (Turn("user", msg),), settings, timing)
         self.slots["chat_pre"] = pre
@@ -296,45 +369,56 @@ class Session:
 
     def _chat_reply(self, pre: Snapshot, settings: SamplingSettings,
                     prefill: Timing) -> Iterator[Event]:
-        """Sample a reply after `pre` until a blank line or the user's name; save `chat`."""
-        p = self.prompt
-        stops = ("\n\n", "\n" + p.turn(p.user, ""))
-        gen = self._generation(pre, settings, self.chat_rules, frozenset())
+        """Sample a reply after `pre` (and the think mode's prefix) until a blank line or the
+        user's name; save `chat`."""
+        p, think = self.prompt, self.think_mode()
+        prefix = assistant_prefix(think)
+        start = self.feed(pre, prefix, (), settings, prefill) if prefix else pre
+        rules = self.g1_rules if p.style == "g1" else self.chat_rules
+        gen = self._generation(start, settings, rules, frozenset())
         stream = self.tokenizer.stream()
-        text, shown, cut = "", 0, None
+        reader = ReplyReader(prefix, ("\n\n", "\n" + p.turn(p.user, "")), p.style == "g1")
+        thinking_tokens = 0
         yield ReplyStart(p.bot)
         for _ in gen:
-            text += stream.feed(gen.tokens[-1])
-            found = [i for i in (text.find(s) for s in stops) if i >= 0]
-            if found:
-                cut = min(found)
+            yield from reader.feed(stream.feed(gen.tokens[-1]))
+            if not thinking_tokens and reader.split().think_at is not None \
+                    and reader.split().closed:
+                thinking_tokens = len(gen.tokens)
+            if reader.stopped or len(gen.tokens) >= self.chat_max_tokens:
                 break
-            begin = max(shown, len(text) - len(text.lstrip()))  # no leading blanks on screen
-            end = _safe_end(text, stops)
-            if end > begin:
-                yield Chunk(text[begin:end])
-                shown = end
-            if len(gen.tokens) >= self.chat_max_tokens:
-                break
-        fed_text = text + stream.flush()
-        kept = text[:cut] if cut is not None else text.rstrip("\n")
-        tail = kept.rstrip()[max(shown, len(kept) - len(kept.lstrip())):]
-        if tail:
-            yield Chunk(tail)
-        # Close the turn as a finished reply is closed, so state and transcript stay in step.
-        target = kept + "\n\n"
-        turn = (Turn("bot", kept.strip()),)
-        if fed_text == target:
-            done = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens),
-                            pre.transcript + turn, settings)
-        elif target.startswith(fed_text):
-            after = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens), (), settings)
-            done = self.feed(after, target[len(fed_text):], (), settings, cancellable=False)
-            done = dataclasses.replace(done, transcript=pre.transcript + turn)
-        else:  # the sampled tokens ran past the stop: re-read the kept reply from `chat_pre`
-            done = self.feed(pre, target, turn, settings, cancellable=False)
+        fed_text = reader.text + stream.flush()
+        yield from reader.finish()
+        kept, sp = reader.kept(), reader.split(final=True)
+        if sp.think_at is not None and not thinking_tokens:
+            thinking_tokens = len(gen.tokens)  # it never closed: all thinking
+        thinking, answer = sp.thinking.strip(), sp.answer.strip()
+        turns = ((Turn("think", thinking),) if thinking else ()) + (Turn("bot", answer),)
+        if sp.think_at is not None and self.options.history == "answer":
+            # as the templates lay out an earlier turn: "Assistant: <answer>\n\n", no thinking
+            text = (" " + answer if answer else "") + "\n\n"
+            done = self.feed(pre, text, turns, settings, cancellable=False)
+        else:
+            done = self._close_turn(start, gen, fed_text, kept + "\n\n", turns, settings)
         self.slots["chat"] = done
-        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
+        yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing, thinking_tokens),
+                       gen.stopped_by_user)
+
+    def _close_turn(self, start: Snapshot, gen, fed_text: str, target: str,
+                    turns: tuple[Turn, ...], settings: SamplingSettings) -> Snapshot:
+        """The state after `start` + `target`, from what was sampled: close the turn as a finished
+        reply is closed, so state and transcript stay in step."""
+        transcript = start.transcript + turns
+        if fed_text == target:
+            return Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens), transcript,
+                            settings)
+        if target.startswith(fed_text):
+            after = Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens), (),
+                             settings)
+            done = self.feed(after, target[len(fed_text):], (), settings, cancellable=False)
+            return dataclasses.replace(done, transcript=transcript)
+        # the sampled tokens ran past the stop: re-read the kept reply from `start`
+        return self.feed(start, target, turns, settings, cancellable=False)
 
     def _free_text(self, start: Snapshot, settings: SamplingSettings, rules: LogitRules,
                    prefill: Timing) -> Iterator[Event]:
@@ -361,17 +445,6 @@ class Session:
                                        start.transcript + (Turn("text", "".join(pieces)),),
                                        settings)
         yield ReplyEnd(Stats(len(gen.tokens), prefill, gen.timing), gen.stopped_by_user)
-
-
-def _safe_end(text: str, stops: tuple[str, ...]) -> int:
-    """How much of `text` can be shown: hold back a tail that may be the start of a stop."""
-    end = len(text)
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                end = min(end, len(text) - k)
-                break
-    return end
 
 
 def _complete_utf8(tokenizer, ids: list[int]) -> bool:

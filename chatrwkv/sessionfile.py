@@ -20,7 +20,9 @@ refused with one line, like a file from a newer version):
               node.parent, node.prompt [N], node.slots [N, K]   the tree (-1: none)
     metadata  identity (the model's: version, shapes, weight fingerprint) and body (JSON):
               tokenizer, prompts, settings, slot names, node labels and previews, the turns'
-              roles and texts, stored rows, branches, current node, redo stack.
+              roles and texts, stored rows, branches, current node, redo stack, and the
+              session's settings for the rest of the chat (`chat_settings`: sampling and
+              chatsettings.ChatOptions, as `+set` leaves them; restored by --resume).
 A row that continues the row written just before extends its span, so the snapshots of a linear
 conversation share one span and decoding any of them is one slice. Resuming reads the tables and
 decodes the current node only; every index and length is checked with a few tensor operations,
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from .chatsettings import ChatOptions, SettingError, apply_setting
 from .conversation import Conversation, Hollow, Node, longest_prefix
 from .errors import StateFileError
 from .prompts import Prompt
@@ -65,6 +68,8 @@ class SessionLike(Protocol):
     generator: torch.Generator
     initial_state: object | None
     mounted_name: str | None
+    settings: SamplingSettings
+    options: ChatOptions
 
 FORMAT = "chatrwkv-session"
 FORMAT_VERSION = 2
@@ -172,7 +177,9 @@ def encode_session(session: SessionLike) -> bytes:
             "settings": [dataclasses.asdict(s) for s in w.settings], "slot_names": slot_names,
             "labels": labels, "previews": previews, "roles": w.roles, "texts": w.texts,
             "stored": w.stored, "branches": tree.branches, "branch": tree.branch,
-            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name}
+            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name,
+            "chat_settings": {**dataclasses.asdict(session.settings),
+                              **dataclasses.asdict(session.options)}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "identity": json.dumps(session.model.identity(), sort_keys=True),
@@ -331,6 +338,24 @@ class Loaded:
     rng: torch.Tensor
     initial_state: object | None
     mounted_name: str | None
+    settings: tuple[SamplingSettings, ChatOptions] | None = None  # None: an older file
+
+
+def _chat_settings(saved: object) -> tuple[SamplingSettings, ChatOptions] | None:
+    """The saved settings, each checked as `+set` checks it (ValueError: a damaged file)."""
+    if saved is None:
+        return None
+    if not isinstance(saved, dict):
+        raise TypeError("chat_settings: a table expected")
+    sampling, options = SamplingSettings(), ChatOptions()
+    for key, value in saved.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(f"chat_settings.{key}: a value expected")
+        try:
+            sampling, options, _ = apply_setting(sampling, options, str(key), str(value))
+        except SettingError as e:
+            raise ValueError(str(e)) from None
+    return sampling, options
 
 
 def load_session(session: SessionLike, path: Path) -> Loaded:
@@ -409,7 +434,8 @@ def _decode(session: SessionLike, body: dict, tensors: dict[str, torch.Tensor]) 
         tree.live[node_id] = None
         tree.holding.add(node_id)
     initial = state_from("init") if f"init.{next(iter(shapes))}" in tensors else None
-    return Loaded(tree, tensors["rng"], initial, body.get("mounted"))
+    return Loaded(tree, tensors["rng"], initial, body.get("mounted"),
+                  _chat_settings(body.get("chat_settings")))
 
 
 _SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -462,7 +488,7 @@ class _Table:
         # in pieces below torch's parallel grain: no wake-up of its thread pool (which costs
         # milliseconds on a busy machine) for a scan of a few microseconds
         _require(all(int(c.min()) >= 0 and int(c.max()) < vocab_size
-                     for c in flat.split(_GRAIN)), "token id out of range")
+                     for c in flat.split(_GRAIN) if len(c)), "token id out of range")
         ints = (tok, turn, self.setting_rows, self.parent, self.node_prompt, self.node_slots)
         _require(all(t.dtype == torch.int64 for t in ints), "int64 tables expected")
         _require(tok.shape == (s, 4) and turn.shape == (s, 4) and self.setting_rows.shape == (s,),

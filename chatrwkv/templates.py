@@ -61,21 +61,25 @@ class Split:
 
     thinking: str
     answer: str
-    closed: bool   # the </think> was seen (or there was no thinking at all)
-    thinking_chars: int  # how much of the raw text belongs to the thinking part (tags included)
+    closed: bool          # the </think> was seen, or there is no think block
+    think_at: int | None  # where `thinking` starts in the raw text (None: no think block)
+    answer_at: int        # where `answer` starts in the raw text
 
 
-def split_reply(raw: str) -> Split:
-    """Cut `raw` (the reply as the model sees it, think prefix included, leading blanks ignored)
-    at the think tags. Text with no <think> at its start is all answer."""
+def split_reply(raw: str, final: bool = False) -> Split:
+    """Cut `raw` (the reply as the model sees it, think prefix included) at the think tags. A
+    reply whose first non-blank text is not <think> is all answer; while `raw` may still become
+    a <think> tag (`<thi`) nothing is given out, unless `final`."""
     lead = len(raw) - len(raw.lstrip())
     body = raw[lead:]
-    if not body.startswith(THINK_OPEN[:min(len(body), len(THINK_OPEN))]) or not body:
-        return Split("", raw, True, 0)
-    if len(body) < len(THINK_OPEN):  # "<thi": may still become a think tag
-        return Split("", "", False, len(raw))
-    end = body.find(THINK_CLOSE)
+    n = min(len(body), len(THINK_OPEN))
+    if not body or body[:n] != THINK_OPEN[:n] or (final and n < len(THINK_OPEN)):
+        return Split("", raw, True, None, 0)
+    if n < len(THINK_OPEN):
+        return Split("", "", False, None, len(raw))
+    start = lead + len(THINK_OPEN)
+    end = raw.find(THINK_CLOSE, start)
     if end < 0:
-        return Split(body[len(THINK_OPEN):], "", False, len(raw))
-    stop = lead + end + len(THINK_CLOSE)
-    return Split(body[len(THINK_OPEN):end], raw[stop:], True, stop)
+        return Split(raw[start:], "", False, start, len(raw))
+    stop = end + len(THINK_CLOSE)
+    return Split(raw[start:end], raw[stop:], True, start, stop)

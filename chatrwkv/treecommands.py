@@ -123,7 +123,7 @@ class TreeCommands:
     def _on_import(self, cmd: C.Import, settings: SamplingSettings) -> Iterator[Event]:
         messages = transcript.read_json(Path(cmd.path).expanduser())
         slots, tokens = transcript.rebuild(self.s, messages)
-        self.s.slots = slots
+        self.s.slots, self.s.prompt = slots, transcript.prompt_for(self.s.prompt, messages)
         self.s.record("import", first_words(Path(cmd.path).name))
         yield Info(f"imported {len(messages)} messages ({tokens} tokens, one prefill)")
 
@@ -148,6 +148,8 @@ class TreeCommands:
         self.s.slots, self.s.prompt = slots, tree.nodes[tree.current].prompt
         self.s.mounted_name = loaded.mounted_name
         self.s.generator.set_state(loaded.rng)
+        if loaded.settings is not None:
+            self.s.settings, self.s.options = loaded.settings
 
     def save_named(self, name: str) -> Path:
         path = sessionfile.session_path(name, self.s.states_folder)

@@ -36,9 +36,11 @@ from .session import (
     ReplyStart,
     Session,
     ShowHelp,
+    ShowSettings,
     ShowTranscript,
     ShowTree,
     Stats,
+    ThinkChunk,
 )
 from .sessionfile import AUTOSAVE, home_dir
 
@@ -90,6 +92,8 @@ def transcript_lines(session: Session, event: ShowTranscript) -> list[str]:
 def stats_line(stats: Stats, interrupted: bool) -> str:
     p, d = stats.prefill, stats.decode
     parts = [f"{stats.tokens} tokens"]
+    if stats.thinking:
+        parts[0] += f" (thinking {stats.thinking}, answer {stats.tokens - stats.thinking})"
     if p.tokens:
         parts.append(f"prefill {p.tokens} tok at {p.rate:.0f} tok/s")
     if d.tokens:
@@ -101,15 +105,28 @@ def stats_line(stats: Stats, interrupted: bool) -> str:
 
 # --- piped mode --------------------------------------------------------------------------------
 
-def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
+def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
+              show_thinking: bool = False) -> int:
+    """Replies on `out`: the answer only, unless `show_thinking` (then `<think>...</think>`
+    and a newline come first, as the model wrote them)."""
     for line in lines:
+        thinking = False
         for event in _run_command(session, line.rstrip("\r\n")):
-            if isinstance(event, Chunk):
+            if isinstance(event, ThinkChunk) and show_thinking:
+                out.write(("" if thinking else "<think>") + event.text)
+                thinking = True
+            elif isinstance(event, Chunk):
+                if thinking:
+                    out.write("</think>\n")
+                    thinking = False
                 out.write(event.text)
                 out.flush()
             elif isinstance(event, ReplyEnd):
-                out.write("\n")
+                out.write("</think>\n" if thinking else "\n")
+                thinking = False
                 out.flush()
+            elif isinstance(event, ShowSettings):
+                out.write("".join(f"{k}: {v}\n" for k, v in event.rows))
             elif isinstance(event, (Info, Problem)):
                 err.write(("chatrwkv: " if isinstance(event, Problem) else "") + event.text + "\n")
                 err.flush()
@@ -154,6 +171,12 @@ class Terminal:
         self.console.print(Text("Alt+Enter (or Esc Enter) adds a line; a line of \"\"\" starts "
                                 "and ends a block.", style="dim"))
 
+    def show_settings(self, event: ShowSettings) -> None:
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for name, value in event.rows:
+            table.add_row(Text(name, style="bold"), Text(value))
+        self.console.print(table)
+
     def show_tree(self, event: ShowTree) -> None:
         root = Tree(Text("conversation", style="bold"))
         stack: list[Tree] = [root]
@@ -171,21 +194,33 @@ class Terminal:
     def toolbar(self) -> str:
         s = self.session
         describe = getattr(s.model, "describe", lambda: "model")()
-        return (f" {describe} | prompt {s.prompt.name} | branch {s.tree.branch} | "
+        think = f"think {s.think_mode()} | " if s.prompt.style == "g1" else ""
+        system = "system on | " if s.prompt.system else ""
+        return (f" {describe} | prompt {s.prompt.name} | {think}{system}branch {s.tree.branch} | "
                 f"T {s.settings.temperature:g} top-p {s.settings.top_p:g} ")
 
     def render(self, events: Iterable[Event]) -> bool:
         """Print events; False when the user asked to leave."""
         out = self.console.file
+        thinking = False  # a reply's thinking is on screen (dim) and its answer not yet
         for event in events:
             if isinstance(event, ReplyStart):
                 if event.speaker:
                     out.write(f"{event.speaker}{self.session.prompt.separator} ")
                 out.flush()
+            elif isinstance(event, ThinkChunk):
+                # literal text in the dim style, streamed as it comes; the answer starts below
+                self.console.print(Text(event.text, style="dim"), end="", soft_wrap=True)
+                out.flush()
+                thinking = True
             elif isinstance(event, Chunk):
+                if thinking:
+                    out.write("\n")
+                    thinking = False
                 out.write(event.text)  # literal: model text is never markup
                 out.flush()
             elif isinstance(event, ReplyEnd):
+                thinking = False
                 out.write("\n")
                 self.console.print(Text(stats_line(event.stats, event.interrupted), style="dim"))
                 out.write("\n")
@@ -198,6 +233,8 @@ class Terminal:
                 self.show_help()
             elif isinstance(event, ShowTree):
                 self.show_tree(event)
+            elif isinstance(event, ShowSettings):
+                self.show_settings(event)
             elif isinstance(event, ShowTranscript):
                 for line in transcript_lines(self.session, event):
                     self.console.print(Text(line))
@@ -289,7 +326,8 @@ def autosave(session: Session) -> None:
               file=sys.stderr)
 
 
-def run(session: Session, interactive: bool, save_at_exit: bool = True) -> int:
+def run(session: Session, interactive: bool, save_at_exit: bool = True,
+        show_thinking: bool = False) -> int:
     """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP)."""
     previous = signal.signal(signal.SIGHUP, _on_hangup) if hasattr(signal, "SIGHUP") else None
     code = 0
@@ -297,7 +335,7 @@ def run(session: Session, interactive: bool, save_at_exit: bool = True) -> int:
         if interactive:
             code = Terminal(session).loop()
         else:
-            code = run_piped(session, sys.stdin, sys.stdout, sys.stderr)
+            code = run_piped(session, sys.stdin, sys.stdout, sys.stderr, show_thinking)
     except HangUp:
         code = 129
     finally:
