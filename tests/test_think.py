@@ -6,6 +6,7 @@ The expected strings are written out here from RWKV-LM `RWKV-v7/RWKV7-G1x-templa
 import dataclasses
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -305,3 +306,53 @@ def test_profiles_follow_version_and_vocabulary():
         p = profile_for(version, vocab)
         assert (p.name, p.prompt, p.think, p.sampling) == ("chatrwkv-v2", prompt, "off",
                                                            SamplingSettings())
+
+
+# --- the real UI over the scripted G1 driver ---------------------------------------------------
+
+def test_terminal_shows_thinking_dim_then_the_answer(tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    import pexpect
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, CHATRWKV_HOME=str(tmp_path), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1",
+               PYTHONPATH=str(root))
+    child = pexpect.spawn(sys.executable, [str(root / "tests" / "chat_driver.py"), "--g1"],
+                          env=env, encoding="utf-8", timeout=30, dimensions=(40, 160))
+    child.expect("User:")
+    child.sendline("hello")
+    child.expect_exact("(thinking 57, answer 14)")
+    shown = child.before
+    # the thinking streams in the dim style (SGR 2), the answer on its own line in the normal one
+    assert "Assistant: \x1b[2mT\x1b[0m\x1b[2mh\x1b[0m" in shown
+    assert "\x1b[2m.\x1b[0m\r\nHello there!\r\n" in shown
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    assert "Assistant: The user says hello. I should greet them back.\r\nHello there!\r\n" in plain
+    child.expect("User:")
+    child.sendline("+think off")
+    child.expect_exact("think = off")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_piped_driver_prints_answers_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, CHATRWKV_HOME=str(tmp_path), PYTHONPATH=str(root))
+    thought = "<think>The user says hello. I should greet them back.</think>"
+    for flags, first in (([], "Hello there!"), (["--show-thinking"], thought)):
+        out = subprocess.run([sys.executable, str(root / "tests" / "chat_driver.py"), "--g1",
+                              *flags], input="hi\n+set temp 0.5\n", capture_output=True,
+                             text=True, timeout=60, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == first
+        assert out.stderr == "temperature = 0.5\n"
