@@ -18,9 +18,9 @@ sampling settings) and saves the snapshots ChatRWKV does:
 Snapshots are never mutated after they are saved (work happens on clones), so one snapshot can
 sit under two names. Every turn that changes the slots becomes a node of the conversation tree
 (conversation.py); `+` and `++` put their new reply beside the one they replace. The tree and file
-commands live in treecommands.py, in a `TreeCommands` the session owns and dispatches to (the
-session is the top of its layer: nothing below imports it). `handle()` yields events for the UI;
-nothing here prints.
+commands live in treecommands.py, `+set`, `+show` and `+system` in settingcommands.py: parts the
+session owns and dispatches to (the session is the top of its layer: nothing below imports it).
+`handle()` yields events for the UI; nothing here prints.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from . import commands as C
 from .chatreply import ReplyReader
-from .chatsettings import CHAT_MAX_TOKENS, ChatOptions, apply_setting, setting_value
+from .chatsettings import CHAT_MAX_TOKENS, ChatOptions
 from .conversation import DEFAULT_MAX_LIVE, Conversation, first_words
 from .errors import ChatRWKVError
 from .events import (  # noqa: F401 - re-exported: the UI and tests import events from here
@@ -68,8 +68,9 @@ from .sampling import (
     single_tokens,
 )
 from .sessionfile import states_dir
+from .settingcommands import SettingCommands
 from .state import State
-from .templates import assistant_prefix, clean_text, collapse_blank_lines, user_suffix
+from .templates import assistant_prefix, collapse_blank_lines, user_suffix
 from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
@@ -120,6 +121,7 @@ class Session:
         self.qa_rules = LogitRules(no_repeat=no_repeat, newline_id=nl,
                                    newline_bias=qa_newline_bias)
         self.tree_commands = TreeCommands(self)
+        self.setting_commands = SettingCommands(self)
 
     # --- settings ------------------------------------------------------------------------------
 
@@ -134,34 +136,6 @@ class Session:
     def think_mode(self) -> str:
         """The think mode in force: think modes are the G1 templates', so "off" elsewhere."""
         return self.options.think if self.prompt.style == "g1" else "off"
-
-    def settings_rows(self) -> tuple[tuple[str, str], ...]:
-        """What `+show` prints: the model, the prompt, every setting."""
-        m, p = self.model, self.prompt
-        c = getattr(m, "config", None)
-        rows = [("model", str(getattr(m, "path", type(m).__name__)))]
-        if c is not None:
-            rows += [("version", f"v{getattr(c, 'version', '?')}"),
-                     ("layers x width", f"{getattr(c, 'n_layer', '?')} x {getattr(c, 'n_embd', '?')}"),
-                     ("vocabulary", f"{self.tokenizer.name} ({getattr(c, 'vocab_size', '?')})")]
-        device = getattr(m, "device", None)
-        rows += [("dtype", str(getattr(m, "dtype_name", "?"))),
-                 ("device", str(getattr(device, "type", device or "?"))),
-                 ("threads", str(torch.get_num_threads()))]
-        engine = getattr(m, "engine_path", None)
-        if engine:
-            rows.append(("engine", str(engine)))
-        rows += [("prompt", f"{p.name} ({p.style} style: {p.user} / {p.bot})"),
-                 ("system", p.system or "(none)")]
-        if self.mounted_name:
-            rows.append(("state", self.mounted_name))
-        think = self.options.think
-        rows.append(("think", think if self.think_mode() == think else f"{think} (the {p.style} "
-                     "prompt does not think: +prompt g1)"))
-        rows += [(k, setting_value(self.settings, self.options, k)) for k in (
-            "history", "temperature", "top_p", "top_k", "presence", "frequency", "decay",
-            "max_tokens", "chat_max_tokens")]
-        return tuple(rows)
 
     # --- snapshots and feeding -----------------------------------------------------------------
 
@@ -244,7 +218,8 @@ class Session:
         """Run one command, yielding events. A failure is one Problem and changes nothing."""
         self.cancel.clear()
         name = "_on_" + type(command).__name__.lower()
-        handler = getattr(self, name, None) or getattr(self.tree_commands, name, None)
+        handler = next((h for part in (self, self.tree_commands, self.setting_commands)
+                        if (h := getattr(part, name, None)) is not None), None)
         if handler is None:
             yield Problem(f"no handler for {type(command).__name__}")
             return
@@ -281,24 +256,6 @@ class Session:
         timing = self.start(prompt)
         yield Info(f"Prompt '{prompt.name}' loaded ({timing.tokens} tokens): "
                    f"you are {prompt.user}, talking with {prompt.bot}.")
-
-    def _on_setsystem(self, cmd: C.SetSystem, settings: SamplingSettings) -> Iterator[Event]:
-        prompt = dataclasses.replace(self.prompt, system=clean_text(cmd.text))
-        timing = self.start(prompt, label="system")
-        yield Info((f"system prompt set ({timing.tokens} tokens)" if prompt.system
-                    else "system prompt cleared") + "; the conversation starts over")
-
-    def _on_setoption(self, cmd: C.SetOption, settings: SamplingSettings) -> Iterator[Event]:
-        self.settings, self.options, name = apply_setting(self.settings, self.options, cmd.key,
-                                                          cmd.value)
-        yield Info(f"{name} = {setting_value(self.settings, self.options, name)}")
-        if name == "think" and self.think_mode() != self.options.think:
-            yield Info(f"(prompt '{self.prompt.name}' is not a G1 chat: think modes apply "
-                       "after +prompt g1)")
-
-    def _on_showsettings(self, cmd: C.ShowSettings, settings: SamplingSettings
-                         ) -> Iterator[Event]:
-        yield ShowSettings(self.settings_rows())
 
     def _on_message(self, cmd: C.Message, settings: SamplingSettings) -> Iterator[Event]:
         msg = collapse_blank_lines(cmd.text)

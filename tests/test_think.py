@@ -206,7 +206,7 @@ def test_set_changes_one_setting(line, info):
     assert events == [Info(info)]
     name = info.split(" = ")[0]
     assert (s.settings, s.options) != before
-    assert dict(s.settings_rows())[name] == info.split(" = ")[1]
+    assert dict(s.setting_commands.settings_rows())[name] == info.split(" = ")[1]
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -243,7 +243,8 @@ def test_show_lists_the_model_prompt_and_every_setting():
     assert isinstance(event, ShowSettings)
     rows = dict(event.rows)
     assert [k for k, _ in event.rows] == [
-        "model", "version", "layers x width", "vocabulary", "dtype", "device", "threads", "engine", "prompt", "system", "think", "history",
+        "model", "version", "layers x width", "vocabulary", "dtype", "device", "threads",
+        "engine", "prompt", "system", "think", "history",
         "temperature", "top_p", "top_k", "presence", "frequency", "decay", "max_tokens",
         "chat_max_tokens"]
     assert rows["system"] == "Be brief." and rows["think"] == "think"
@@ -356,3 +357,31 @@ def test_piped_driver_prints_answers_only(tmp_path):
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[0] == first
         assert out.stderr == "temperature = 0.5\n"
+
+
+# --- the command line: defaults from the checkpoint's version and vocabulary ------------------
+
+@pytest.mark.parametrize("version, prompt, think, temperature", [
+    ("7.0", "g1 (g1 style: User / Assistant)", "fast", "1"),
+    ("6.0", "english-world (v2 style: User / Assistant)", "off", "1.2"),
+])
+def test_cli_defaults_follow_the_checkpoint(tmp_path, version, prompt, think, temperature):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from chatrwkv.synth import write_checkpoint
+
+    root = Path(__file__).resolve().parent.parent
+    path = write_checkpoint(tmp_path / "m.pth", version, n_layer=1, n_embd=64,
+                            vocab_size=65536, head_size=16, seed=0)
+    env = dict(os.environ, CHATRWKV_HOME=str(tmp_path / "home"), PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-m", "chatrwkv", "--model", str(path), "--system",
+                          "Be\r\n\r\nbrief.", "--no-autosave"], input="+show\n",
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = dict(line.split(": ", 1) for line in out.stdout.splitlines())
+    assert rows["version"] == f"v{version}" and rows["layers x width"] == "1 x 64"
+    assert rows["vocabulary"] == "world (65536)" and rows["system"] == "Be\\nbrief."
+    assert (rows["prompt"], rows["think"], rows["temperature"]) == (prompt, think, temperature)
