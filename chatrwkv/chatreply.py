@@ -39,10 +39,20 @@ class ReplyReader:
         self.shown = 0
 
     def split(self, final: bool = False) -> Split:
+        """The reply so far (or, `final`, as kept) cut into thinking and answer, with positions
+        in the generated text (the thinking of a fast reply starts inside the prefix: < 0)."""
         kept = self.kept() if final else self.text
         if not self.think:
             return Split("", kept, True, None, 0)
-        return split_reply(self.prefix + kept, final)
+        # a fast prefix ends "</think": its ">" is the model's to write, and closes it if it
+        # does not (as if it had)
+        pad = ">" if self.prefix.endswith(THINK_CLOSE[:-1]) and not kept.startswith(">") else ""
+        sp = split_reply(self.prefix + pad + kept, final)
+        if sp.think_at is None:  # no think block (or not yet sure): the text is the answer
+            return Split("", kept if sp.closed else "", sp.closed, None, 0)
+        shift = len(self.prefix) + len(pad)
+        return Split(sp.thinking, sp.answer, sp.closed, sp.think_at - shift,
+                     sp.answer_at - shift)
 
     def kept(self) -> str:
         """The reply without its stop (or its trailing newlines, if it did not stop)."""
@@ -57,7 +67,7 @@ class ReplyReader:
             skip = _lead(part) if self.think else 0
             found = [i for i in (part.find(s, skip) for s in self.stops) if i >= 0]
             if found:
-                return max(0, at + min(found) - len(self.prefix))
+                return max(0, at + min(found))
         return None
 
     def feed(self, piece: str) -> list[Chunk | ThinkChunk]:

@@ -350,6 +350,8 @@ class Session:
         if sp.think_at is not None and not thinking_tokens:
             thinking_tokens = len(gen.tokens)  # it never closed: all thinking
         thinking, answer = sp.thinking.strip(), sp.answer.strip()
+        if not thinking:
+            thinking_tokens = 0  # a fast reply's ">": no thought to count
         turns = ((Turn("think", thinking),) if thinking else ()) + (Turn("bot", answer),)
         if sp.think_at is not None and self.options.history == "answer":
             # as the templates lay out an earlier turn: "Assistant: <answer>\n\n", no thinking

@@ -385,3 +385,29 @@ def test_cli_defaults_follow_the_checkpoint(tmp_path, version, prompt, think, te
     assert rows["version"] == f"v{version}" and rows["layers x width"] == "1 x 64"
     assert rows["vocabulary"] == "world (65536)" and rows["system"] == "Be\\nbrief."
     assert (rows["prompt"], rows["think"], rows["temperature"]) == (prompt, think, temperature)
+
+
+# --- ReplyReader on its own: replies that do not follow the template ----------------------------
+
+@pytest.mark.parametrize("prefix, pieces, thinking, answer", [
+    (" <think>\n</think", [">", "\n", "Hi", "!", "\n\n"], "", "Hi!"),
+    (" <think>\n</think", ["Hi", "!", "\n\n"], "", "Hi!"),              # never wrote the ">"
+    (" <think", [" trouble", "\n\n"], "", "trouble"),                 # not a think tag after all
+    ("", ["<", "think", ">\nhmm", "\n</", "think>", "\nHi", "\n\n"], "hmm", "Hi"),  # thinks
+    ("", ["<", "b>bold</b>", "\n\n"], "", "<b>bold</b>"),
+    (" <think", [">\nendless", " thought"], "endless thought", ""),   # cut by the length bound
+])
+def test_reply_reader_splits_what_the_model_wrote(prefix, pieces, thinking, answer):
+    from chatrwkv.chatreply import ReplyReader
+
+    reader = ReplyReader(prefix, ("\n\n", "\nUser:"), think=True)
+    events = []
+    for piece in pieces:
+        events += reader.feed(piece)
+        if reader.stopped:
+            break
+    events += reader.finish()
+    assert "".join(e.text for e in events if isinstance(e, ThinkChunk)) == thinking
+    assert "".join(e.text for e in events if isinstance(e, Chunk)) == answer
+    sp = reader.split(final=True)
+    assert (sp.thinking.strip(), sp.answer.strip()) == (thinking, answer)
