@@ -339,9 +339,10 @@ class Session:
         yield ReplyStart(p.bot)
         for _ in gen:
             yield from reader.feed(stream.feed(gen.tokens[-1]))
-            if not thinking_tokens and reader.split().think_at is not None \
-                    and reader.split().closed:
-                thinking_tokens = len(gen.tokens)
+            if not thinking_tokens:
+                sp = reader.split()
+                if sp.think_at is not None and sp.closed:
+                    thinking_tokens = len(gen.tokens)
             if reader.stopped or len(gen.tokens) >= self.chat_max_tokens:
                 break
         fed_text = reader.text + stream.flush()

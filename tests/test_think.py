@@ -322,7 +322,7 @@ def test_terminal_shows_thinking_dim_then_the_answer(tmp_path):
     env = dict(os.environ, CHATRWKV_HOME=str(tmp_path), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1",
                PYTHONPATH=str(root))
     child = pexpect.spawn(sys.executable, [str(root / "tests" / "chat_driver.py"), "--g1"],
-                          env=env, encoding="utf-8", timeout=30, dimensions=(40, 160))
+                          env=env, encoding="utf-8", timeout=90, dimensions=(40, 160))
     child.expect("User:")
     child.sendline("hello")
     child.expect_exact("(thinking 57, answer 14)")
