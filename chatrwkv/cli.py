@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from pathlib import Path
 
+from . import __version__
 from .commands import check_temperature, check_top_p
 from .errors import ChatRWKVError
 
@@ -32,7 +34,7 @@ in the chat:
   for the rest of the chat, +show lists them; +think MODE, +system TEXT (G1 models).
   Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves and saves
   the session as 'last' (`--resume` continues it). +undo, +branch NAME, +switch NAME, +tree,
-  +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
+  +goto N, +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
 
 piped input (stdin not a terminal): each line is a message or command, replies go to stdout:
   printf 'hi\\n+gen Once upon a time\\n' | chatrwkv --model M
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="chatrwkv", description="Chat with an RWKV language model (v4, v5, v6, v7) in the "
         "terminal.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"chatrwkv {__version__}")
     m = ap.add_argument_group("model")
     m.add_argument("--model", metavar="PATH", help="checkpoint file (.pth / .safetensors) or the "
                    "name of a model fetched with `chatrwkv pull` (default: the tiny Shakespeare "
@@ -201,6 +204,12 @@ def build_session(args: argparse.Namespace, model_path: Path):
     return session
 
 
+def resume_command(model: str | None) -> str:
+    """The command line that continues the autosaved chat (no --model for the demo model)."""
+    return "chatrwkv --resume" if model is None else \
+        f"chatrwkv --model {shlex.quote(model)} --resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import ui
     from .defaults import DEMO_BANNER, DEMO_MODEL, DEMO_PROMPT
 
+    model_given = args.model
     if args.model is None:
         if not DEMO_MODEL.is_file():
             print(NO_MODEL, file=sys.stderr)
@@ -225,4 +235,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-                  save_at_exit=not args.no_autosave, show_thinking=args.show_thinking)
+                  save_at_exit=not args.no_autosave, resume_command=resume_command(model_given),
+                  show_thinking=args.show_thinking)

@@ -115,6 +115,11 @@ class Switch(Command):
 
 
 @dataclasses.dataclass(frozen=True)
+class Goto(Command):
+    node_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
 class ShowTree(Command):
     pass
 
@@ -208,6 +213,13 @@ def _set(text: str, o: Overrides) -> Command:
     return SetOption(overrides=o, key=key, value=value.strip())
 
 
+def _goto(text: str, o: Overrides) -> Command:
+    digits = text.removeprefix("#")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+        return ParseError(message="+goto takes a node number from +tree (usage: +goto N)")
+    return Goto(overrides=o, node_id=int(digits))
+
+
 def _gen(kind: str) -> Callable[[str, Overrides], Command]:
     return lambda text, o: Generate(overrides=o, kind=kind, text=text)
 
@@ -235,6 +247,8 @@ COMMANDS: dict[str, Spec] = {
                     _word(Switch, "+switch NAME"), True),
     "+tree": Spec("+tree", "the conversation tree, with branches and alternatives",
                   lambda t, o: ShowTree(o), False),
+    "+goto": Spec("+goto N", "go to node #N of +tree (any turn, replaced or undone ones too)",
+                  _goto, True),
     "+path": Spec("+path", "the transcript from the start to here", lambda t, o: ShowPath(o),
                   False),
     "+save": Spec("+save NAME", "save the session as states/NAME", _word(Save, "+save NAME"),

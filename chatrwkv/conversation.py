@@ -6,7 +6,11 @@ nodes, so a turn costs one or two new states (the ones it created), never a copy
 
     undo     current <- parent (the exact snapshots from before the turn); redo walks back down
     +        a reply resampled from the same message becomes a *sibling* of the reply it replaces
-    branch   names a head; turns on a branch move its head; switch jumps to another head
+    +gen     free text starts from nothing earlier: it hangs beside earlier free text, under the
+             last chat turn (`above`), not nested under the free text it does not continue
+    branch   names a head; turns on a branch move its head; switch jumps to another head (each
+             branch keeps its own redo stack)
+    goto     any node by its id (replaced replies and undone turns included)
 
 Memory bound: only the snapshots referenced by the `max_live` most recently used nodes (plus
 the current node and every branch head) keep their state and logits. The snapshots of all other
@@ -160,6 +164,7 @@ class Conversation:
         self.branch = MAIN
         self.branches: dict[str, int] = {}
         self.redo_stack: list[int] = []
+        self.parked_redo: dict[str, list[int]] = {}  # the redo stacks of the other branches
         self.live: OrderedDict[int, None] = OrderedDict()
         self.holding: set[int] = set()  # nodes whose slots may hold a state
         # a session file's stored snapshots and their hollow twins (which can be saved again
@@ -180,10 +185,13 @@ class Conversation:
     # --- building ------------------------------------------------------------------------------
 
     def add(self, slots: dict[str, Snapshot], prompt: Prompt, label: str, preview: str,
-            sibling: bool = False) -> Node:
-        """A new node after the current one (or beside it), which becomes current."""
+            sibling: bool = False, above: str | None = None) -> Node:
+        """A new node after the current one (or beside it), which becomes current. `above`:
+        hang it above the run of nodes with that label that ends at the current one."""
         parent: int | None = self.current if self.nodes else None
         if sibling and parent is not None:
+            parent = self.nodes[parent].parent
+        while above is not None and parent is not None and self.nodes[parent].label == above:
             parent = self.nodes[parent].parent
         node = Node(len(self.nodes), parent, label, preview, prompt, dict(slots))
         self._note_prefixes(node)
@@ -231,6 +239,7 @@ class Conversation:
         """Name the current node as the head of a new branch and continue on it."""
         if name in self.branches:
             raise TreeError(f"a branch named '{name}' exists already (+switch {name} goes there)")
+        self.parked_redo[self.branch] = list(self.redo_stack)  # both heads are here: both redo
         self.branch = name
         self._enter(self.current)
 
@@ -238,9 +247,25 @@ class Conversation:
         if name not in self.branches:
             known = ", ".join(sorted(self.branches))
             raise TreeError(f"no branch named '{name}' (branches: {known})")
+        if name != self.branch:
+            self.parked_redo[self.branch] = self.redo_stack
+            self.redo_stack = self.parked_redo.pop(name, [])
         self.branch = name
-        self.redo_stack.clear()
         self._enter(self.branches[name])
+        return self.nodes[self.current]
+
+    def goto(self, node_id: int) -> Node:
+        """Go to any node; the current branch's head moves there. Going up to an ancestor is
+        a run of undos (+redo walks back down); anywhere else starts a fresh redo stack."""
+        if node_id not in self.nodes:
+            raise TreeError(f"no node #{node_id} (+tree shows the nodes, #0 to "
+                            f"#{len(self.nodes) - 1})")
+        below = [n.id for n in self.path()]
+        if node_id in below:
+            self.redo_stack.extend(reversed(below[below.index(node_id) + 1:]))
+        elif node_id != self.current:
+            self.redo_stack = []
+        self._enter(node_id)
         return self.nodes[self.current]
 
     def path(self, node_id: int | None = None) -> list[Node]:

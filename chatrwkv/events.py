@@ -88,6 +88,7 @@ class TreeRow:
     preview: str
     branches: tuple[str, ...]  # branch names whose head is this node
     current: bool
+    node_id: int = -1          # what `+goto` takes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .modelstore import (
 )
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT = 10.0  # seconds for the first connection (huggingface_hub's own default)
 _HASH_CHUNK = 1 << 23
 
 __all__ = ["RemoteFile", "find_remote", "main", "pull", "resolve_model"]
@@ -83,6 +84,20 @@ class Hub:
         self.endpoint = endpoint or hub_endpoint()
         self.api = HfApi(endpoint=self.endpoint, library_name="chatrwkv",
                          library_version=__version__)
+        self._reached = False
+
+    def reach(self) -> None:
+        """One request without retries before the first real one. huggingface_hub retries a
+        failed connection five times with back-off (1+2+4+8+8 s), which is right for a link that
+        drops mid-download and wrong for a machine that is offline: that gets one line at once.
+        The probe goes through huggingface_hub's own client, so proxies and HF_HUB_OFFLINE count."""
+        if self._reached:
+            return
+        from huggingface_hub.utils import get_session
+
+        with self.errors(self.endpoint):
+            get_session().head(self.endpoint + "/", timeout=PROBE_TIMEOUT)
+        self._reached = True  # any HTTP answer will do: the hub is there
 
     @contextmanager
     def errors(self, what: str) -> Iterator[None]:
@@ -113,6 +128,7 @@ class Hub:
                    revision: str = "main") -> list[RemoteFile]:
         from huggingface_hub.hf_api import RepoFile
 
+        self.reach()
         with self.errors(repo_id):
             entries = list(self.api.list_repo_tree(repo_id, path_in_repo=folder,
                                                    revision=revision))
@@ -130,6 +146,7 @@ class Hub:
         headers = build_hf_headers(library_name="chatrwkv", library_version=__version__)
         have = part.stat().st_size if part.exists() else 0
         try:
+            self.reach()
             with self.errors(str(remote)), part.open("ab") as f:
                 http_get(url, f, resume_size=have, headers=headers, expected_size=remote.size,
                          displayed_filename=remote.filename)
@@ -288,7 +305,9 @@ def _cmd_list(console) -> int:
 
     models = local_models()
     if not models:
-        console.print(f"no models in {models_dir()} yet; get one with: chatrwkv pull g1-0.4b")
+        # one line whatever the width (a wrapped hint breaks the command in two)
+        console.print(f"no models in {models_dir()} yet; get one with: chatrwkv pull g1-0.4b",
+                      soft_wrap=True, markup=False)
         return 0
     table = Table(title=str(models_dir()), title_justify="left")
     for col in ("NAME", "VERSION", "PARAMS", "TOKENIZER", "FILE SIZE"):

@@ -180,11 +180,12 @@ class Session:
         self.prompt = prompt
         self.slots = {k: v for k, v in self.slots.items() if k.startswith("gen_")}
         self.slots["chat_init"] = self.slots["chat"] = snap
-        self.record(label, f"{label} {prompt.name}")
+        self.record(label, prompt.name)  # the tree shows "prompt NAME", "state NAME"
         return timing
 
-    def record(self, label: str, preview: str, sibling: bool = False) -> None:
-        self.tree.add(self.slots, self.prompt, label, preview, sibling)
+    def record(self, label: str, preview: str, sibling: bool = False,
+               above: str | None = None) -> None:
+        self.tree.add(self.slots, self.prompt, label, preview, sibling, above)
 
     def _record_turn(self, command: C.Command, before: dict[str, Snapshot]) -> None:
         turn = TURNS.get(type(command))
@@ -196,7 +197,9 @@ class Session:
         turns = main.transcript[-2:] if label != "reset" else ()
         preview = " → ".join(first_words(t.text, 32) for t in turns) or label
         current = self.tree.nodes[self.tree.current]
-        self.record(label, preview, sibling=beside and current.label == label)
+        # new free text does not continue the free text before it: it goes beside it
+        self.record(label, preview, sibling=beside and current.label == label,
+                    above="gen" if isinstance(command, C.Generate) else None)
 
     # --- the tree and file commands' entry points, used by the command line and the UI --------
 

@@ -19,6 +19,7 @@ import torch
 from . import commands as C
 from . import sessionfile, transcript
 from .conversation import Conversation, Hollow, Node, first_words
+from .errors import ChatRWKVError
 from .events import Event, Info, ShowTranscript, ShowTree, Snapshot, TreeRow
 from .prompts import Prompt
 from .runtime import Runtime, Timing
@@ -38,6 +39,16 @@ class TreeHost(sessionfile.SessionLike, transcript.Feeder, Protocol):
 
     def start(self, prompt: Prompt, label: str = "prompt") -> Timing: ...
     def record(self, label: str, preview: str, sibling: bool = False) -> None: ...
+
+
+def _shown(node: Node) -> str:
+    """The preview without a repeat of the label: "reset" for a reset, and files saved before
+    previews stopped starting with it ("prompt english-world" under the label "prompt")."""
+    if node.preview == node.label:
+        return ""
+    if node.label in ("prompt", "state"):
+        return node.preview.removeprefix(node.label + " ")
+    return node.preview
 
 
 class TreeCommands:
@@ -91,12 +102,21 @@ class TreeCommands:
 
     def _on_showtree(self, cmd: C.ShowTree, settings: SamplingSettings) -> Iterator[Event]:
         heads = self.s.tree.heads()
-        yield ShowTree(tuple(TreeRow(depth, n.label, n.preview, tuple(heads.get(n.id, ())),
-                                     n.id == self.s.tree.current)
+        yield ShowTree(tuple(TreeRow(depth, n.label, _shown(n), tuple(heads.get(n.id, ())),
+                                     n.id == self.s.tree.current, n.id)
                              for depth, n in self.s.tree.walk()))
 
+    def _on_goto(self, cmd: C.Goto, settings: SamplingSettings) -> Iterator[Event]:
+        self._enter(self.s.tree.goto(cmd.node_id))
+        yield Info(f"now at #{cmd.node_id} {self.where()}")
+
     def _on_showpath(self, cmd: C.ShowPath, settings: SamplingSettings) -> Iterator[Event]:
-        yield ShowTranscript(self.s.slots["chat"].transcript)
+        turns = self.s.slots["chat"].transcript
+        if not any(t.role in ("user", "bot") for t in turns):
+            yield Info(f"no messages yet on this path: the chat starts from prompt "
+                       f"'{self.s.prompt.name}' (+tree shows every turn)")
+            return
+        yield ShowTranscript(turns)
 
     def _on_save(self, cmd: C.Save, settings: SamplingSettings) -> Iterator[Event]:
         path = sessionfile.session_path(cmd.name, self.s.states_folder)
@@ -114,6 +134,8 @@ class TreeCommands:
 
     def _on_export(self, cmd: C.Export, settings: SamplingSettings) -> Iterator[Event]:
         path = Path(cmd.path).expanduser()
+        if not path.parent.is_dir():  # a typo in a folder name must not create folders
+            raise ChatRWKVError(f"cannot write {path}: no folder {path.parent} (create it first)")
         turns = self.s.slots["chat"].transcript
         text = transcript.to_markdown(turns, self.s.prompt) if cmd.fmt == "md" \
             else transcript.to_json(turns, self.s.prompt)

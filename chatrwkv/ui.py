@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion, PathCompleter
-from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
@@ -24,8 +22,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import commands as C
+from .completion import ChatCompleter
 from .errors import ChatRWKVError
-from .prompts import shipped_names
 from .session import (
     Chunk,
     Event,
@@ -42,7 +40,9 @@ from .session import (
     Stats,
     ThinkChunk,
 )
-from .sessionfile import AUTOSAVE, home_dir
+from .sessionfile import AUTOSAVE, home_dir, list_sessions
+from .termtext import terminal_safe
+from .typeahead import quiet_keys
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
 
@@ -79,7 +79,8 @@ def tree_lines(event: ShowTree) -> list[str]:
     for row in event.rows:
         mark = "*" if row.current else "-"
         heads = f" [{', '.join(row.branches)}]" if row.branches else ""
-        out.append(f"{'  ' * row.depth}{mark} {row.label}: {row.preview}{heads}")
+        preview = f": {row.preview}" if row.preview else ""
+        out.append(f"{'  ' * row.depth}{mark} #{row.node_id} {row.label}{preview}{heads}")
     return out
 
 
@@ -174,7 +175,7 @@ class Terminal:
     def show_settings(self, event: ShowSettings) -> None:
         table = Table(show_header=False, box=None, padding=(0, 2))
         for name, value in event.rows:
-            table.add_row(Text(name, style="bold"), Text(value))
+            table.add_row(Text(name, style="bold"), Text(terminal_safe(value)))
         self.console.print(table)
 
     def show_tree(self, event: ShowTree) -> None:
@@ -182,7 +183,8 @@ class Terminal:
         stack: list[Tree] = [root]
         for row in event.rows:
             del stack[row.depth + 1:]
-            label = Text.assemble((f"{row.label} ", "dim"), row.preview)
+            label = Text.assemble((f"#{row.node_id} {row.label} ", "dim"),
+                                  terminal_safe(row.preview))
             if row.branches:
                 label.append(f"  [{', '.join(row.branches)}]", style="cyan")
             if row.current:
@@ -190,6 +192,7 @@ class Terminal:
                 label.append("  <- here", style="green")
             stack.append(stack[-1].add(label))
         self.console.print(root)
+        self.console.print(Text("+goto N goes to node #N", style="dim"))
 
     def toolbar(self) -> str:
         s = self.session
@@ -206,18 +209,19 @@ class Terminal:
         for event in events:
             if isinstance(event, ReplyStart):
                 if event.speaker:
-                    out.write(f"{event.speaker}{self.session.prompt.separator} ")
+                    out.write(terminal_safe(f"{event.speaker}{self.session.prompt.separator} "))
                 out.flush()
             elif isinstance(event, ThinkChunk):
                 # literal text in the dim style, streamed as it comes; the answer starts below
-                self.console.print(Text(event.text, style="dim"), end="", soft_wrap=True)
+                self.console.print(Text(terminal_safe(event.text), style="dim"), end="",
+                                   soft_wrap=True)
                 out.flush()
                 thinking = True
             elif isinstance(event, Chunk):
                 if thinking:
                     out.write("\n")
                     thinking = False
-                out.write(event.text)  # literal: model text is never markup
+                out.write(terminal_safe(event.text))  # literal: never markup, no escapes
                 out.flush()
             elif isinstance(event, ReplyEnd):
                 thinking = False
@@ -226,9 +230,9 @@ class Terminal:
                 out.write("\n")
                 out.flush()
             elif isinstance(event, Info):
-                self.console.print(Text(event.text, style="dim"))
+                self.console.print(Text(terminal_safe(event.text), style="dim"))
             elif isinstance(event, Problem):
-                self.console.print(Text(event.text, style="bold red"))
+                self.console.print(Text(terminal_safe(event.text), style="bold red"))
             elif isinstance(event, ShowHelp):
                 self.show_help()
             elif isinstance(event, ShowTree):
@@ -237,7 +241,7 @@ class Terminal:
                 self.show_settings(event)
             elif isinstance(event, ShowTranscript):
                 for line in transcript_lines(self.session, event):
-                    self.console.print(Text(line))
+                    self.console.print(Text(terminal_safe(line)))
             elif isinstance(event, ExitRequested):
                 return False
         return True
@@ -256,19 +260,27 @@ class Terminal:
             history = FileHistory(str(folder / "history"))
         except OSError as e:
             self.console.print(Text(f"(history not kept: {e.strerror})", style="dim"))
-        return PromptSession(history=history, completer=ChatCompleter(), key_bindings=keys,
+        s = self.session
+        completer = ChatCompleter(sessions=lambda: list_sessions(s.states_folder),
+                                  branches=lambda: s.tree.branches)
+        return PromptSession(history=history, completer=completer, key_bindings=keys,
                              bottom_toolbar=self.toolbar, complete_while_typing=False,
                              enable_history_search=False)
 
     def read(self, prompt_session: PromptSession) -> str:
-        """One input: a line, an Alt+Enter multi-line text, or a \"\"\" block."""
+        """One input: a line, an Alt+Enter multi-line text, or a \"\"\" block (Ctrl-D in a
+        block cancels the block, not the chat)."""
         p = self.session.prompt
         text = prompt_session.prompt(f"{p.user}{p.separator} ")
         if text.strip() != BLOCK:
             return text
         lines = []
-        while (line := prompt_session.prompt("... ")).strip() != BLOCK:
-            lines.append(line)
+        try:
+            while (line := prompt_session.prompt("... ")).strip() != BLOCK:
+                lines.append(line)
+        except EOFError:
+            self.console.print(Text("block cancelled (nothing sent)", style="dim"))
+            return ""
         return "\n".join(lines)
 
     def loop(self) -> int:
@@ -281,29 +293,9 @@ class Terminal:
                 continue  # Ctrl-C on the prompt clears the line
             except EOFError:
                 return 0
-            if not self.render(_run_command(self.session, line)):
-                return 0
-
-
-class ChatCompleter(Completer):
-    """Command names after '+', file paths (and shipped prompt names) after '+prompt '."""
-
-    def __init__(self) -> None:
-        self.paths = PathCompleter(expanduser=True)
-
-    def get_completions(self, document: Document, complete_event) -> Iterator[Completion]:
-        text = document.text_before_cursor
-        if text.lower().startswith("+prompt "):
-            arg = text[len("+prompt "):].lstrip()
-            if "/" not in arg:
-                for name in shipped_names():
-                    if name.startswith(arg):
-                        yield Completion(name, start_position=-len(arg))
-            yield from self.paths.get_completions(Document(arg, len(arg)), complete_event)
-        elif text.startswith("+") and not any(ch.isspace() for ch in text):
-            for name in C.COMMANDS:
-                if name.startswith(text.lower()) and name != text.lower():
-                    yield Completion(name, start_position=-len(text))
+            with quiet_keys():  # keys typed during a reply wait for the next prompt, unseen
+                if not self.render(_run_command(self.session, line)):
+                    return 0
 
 
 class HangUp(Exception):
@@ -314,20 +306,20 @@ def _on_hangup(signum, frame):
     raise HangUp
 
 
-def autosave(session: Session) -> None:
-    """Save the session as `last` (what `--resume` reads); a failure is one line, not a crash."""
+def autosave(session: Session, resume_command: str = "chatrwkv --resume") -> None:
+    """Save the session as `last` (what `--resume` reads); a failure is one line, not a crash.
+    `resume_command` is the command line that continues it, shown in the closing note."""
     try:
         path = session.save_named(AUTOSAVE)
     except (OSError, ChatRWKVError) as e:
         print_error(f"autosave failed: {e}")
         return
     if sys.stderr.isatty():
-        print(f"session saved; `chatrwkv --model ... --resume` continues it ({path})",
-              file=sys.stderr)
+        print(f"session saved; `{resume_command}` continues it ({path})", file=sys.stderr)
 
 
 def run(session: Session, interactive: bool, save_at_exit: bool = True,
-        show_thinking: bool = False) -> int:
+        resume_command: str = "chatrwkv --resume", show_thinking: bool = False) -> int:
     """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP)."""
     previous = signal.signal(signal.SIGHUP, _on_hangup) if hasattr(signal, "SIGHUP") else None
     code = 0
@@ -342,5 +334,5 @@ def run(session: Session, interactive: bool, save_at_exit: bool = True,
         if previous is not None:
             signal.signal(signal.SIGHUP, previous)
         if save_at_exit:
-            autosave(session)
+            autosave(session, resume_command)
     return code

@@ -1,9 +1,11 @@
 """Runs the real UI (interactive in a pty, or piped) over the fake model and tokenizer.
 
-    python tests/chat_driver.py [--slow | --g1]
+    python tests/chat_driver.py [--slow] [--short] [--escapes] | --g1 [--show-thinking]
 --slow makes every forward call take 20 ms and the model babble "abab..." forever, so a test
-can press Ctrl-C in the middle of a long reply. --g1 chats with the G1 prompt in think mode,
-and every reply is the scripted THOUGHT (thinking, then an answer), 30 ms a token.
+can press Ctrl-C in the middle of a long reply; with --short a chat reply ends by itself after
+100 tokens (2 s). --escapes makes the reply " ESC[31mR CR !": a model trying to recolour the
+terminal and overwrite its line. --g1 chats with the G1 prompt in think mode, and every reply
+is the scripted THOUGHT (thinking, then an answer), 30 ms a token.
 """
 
 import sys
@@ -22,6 +24,8 @@ from chatrwkv.session import Session
 
 # Greedy paths: after "Assistant:" the reply " Yes!\n\n"; after "+gen ... n" the text " Yes!\n\n\n..."
 YES = {":": " ", " ": "Y", "Y": "e", "e": "s", "s": "!", "!": "\n", "\n": "\n", "n": " "}
+ESCAPES = {":": " ", " ": "\x1b", "\x1b": "[", "[": "3", "3": "1", "1": "m", "m": "R", "R": "\r",
+           "\r": "!", "!": "\n", "\n": "\n"}
 
 
 THOUGHT = ">\nThe user says hello. I should greet them back.\n</think>\nHello there!\n\n"
@@ -49,9 +53,12 @@ def main() -> int:
         return ui.run(session, interactive=sys.stdin.isatty(),
                       show_thinking="--show-thinking" in sys.argv)
     slow = "--slow" in sys.argv
-    model = Slow({"a": "b", "b": "a", " ": "a", ":": " "}) if slow else BigramModel(YES)
+    model = Slow({"a": "b", "b": "a", " ": "a", ":": " "}) if slow else BigramModel(
+        ESCAPES if "--escapes" in sys.argv else YES)
     prompt = load_prompt("english-world")
-    session = Session(model, FakeTokenizer(), prompt, seed=0, max_tokens=5000 if slow else 12)
+    reply_tokens = {"chat_max_tokens": 100} if "--short" in sys.argv else {}
+    session = Session(model, FakeTokenizer(), prompt, seed=0, max_tokens=5000 if slow else 12,
+                      **reply_tokens)
     session.start(prompt)
     return ui.run(session, interactive=sys.stdin.isatty())
 

@@ -92,7 +92,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":   # a body after HEAD would corrupt the kept-alive link
+                self.wfile.write(body)
 
         def _tree(self, repo_id: str, folder: str) -> None:
             if repo_id not in hub.repos:

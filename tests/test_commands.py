@@ -77,7 +77,7 @@ def test_parse_errors(line, start):
 
 
 ARGUMENT = {"+branch": "alt", "+switch": "main", "+save": "s1", "+load": "s1",
-            "+export": "md out.md"}
+            "+export": "md out.md", "+goto": "3"}
 
 
 def test_every_command_is_documented_and_parses():

@@ -326,3 +326,33 @@ def test_file_that_is_no_checkpoint_is_removed(fake, ckpt_bytes):
         hubmod.pull("g1-0.1b", say=lambda line: None)
     root = models_dir()
     assert models(root) == [] and not list((root / ".partial").glob("*.part"))
+
+
+def test_offline_pull_is_one_line_at_once(tmp_path):
+    """No network: one line, no retry lines (huggingface_hub retries a failed connection five
+    times over 23 s). Real CLI, real sleep; the endpoint is a loopback port nobody listens on."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_DISABLE_TELEMETRY="1",
+               CHATRWKV_HOME=str(tmp_path), HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    out = subprocess.run([sys.executable, "-m", "chatrwkv", "pull", "g1-0.4b"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: cannot reach the hub at http://127.0.0.1:{port}")
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
+def test_list_hint_is_one_line_at_any_width(monkeypatch, tmp_path, capsys):
+    home = tmp_path / ("a-long-folder-name-" * 4)
+    monkeypatch.setenv("CHATRWKV_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "60")
+    assert hubmod.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.rstrip().endswith("get one with: chatrwkv pull g1-0.4b")

@@ -141,3 +141,115 @@ def test_real_checkpoint_piped(tiny_world_model, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") >= 3
     assert "Traceback" not in out.stderr
+
+
+# --- issue 15 items 10-12: what the terminal shows ---------------------------------------------
+
+def test_model_text_cannot_drive_the_terminal(tmp_path):
+    """The reply " ESC[31mR CR !" is shown with ESC as a visible '␛' and the CR dropped: no
+    colour change, no return to the start of the line."""
+    child = spawn(tmp_path, "--escapes")
+    child.expect("User:")
+    child.sendline("hello")
+    child.expect_exact("Assistant: ␛[31mR!")
+    child.expect("tokens")
+    assert "\x1b[31m" not in child.before and "\r!" not in child.before
+    child.expect("User:")
+    child.sendline("+path")  # the stored transcript is printed through the same filter
+    child.expect_exact("Assistant: ␛[31mR!")
+    child.expect("User:")
+    child.sendline("+exit")
+    child.expect(pexpect.EOF)
+    out = subprocess.run(DRIVER + ["--escapes"], check=False, input=b"hello\n",
+                         capture_output=True, timeout=60, env=env_for(tmp_path))
+    assert out.stdout == b"\x1b[31mR\r!\n"  # piped: the model's text as data, unchanged
+
+
+def test_keys_typed_during_a_reply_wait_for_the_next_prompt(tmp_path):
+    child = spawn(tmp_path, "--slow", "--short")
+    child.expect("User:")
+    child.sendline("talk")
+    child.expect_exact("Assistant: abab")
+    child.send("typed ahead")
+    child.expect("tokens")  # the reply ended by itself
+    assert "typed" not in child.before  # not echoed into the middle of the reply
+    child.expect("User:")
+    child.expect_exact("typed ahead")  # kept: it waits at the prompt, to edit or send
+    child.sendintr()  # Ctrl-C clears it
+    child.expect("User:")
+    child.sendline("+exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_d_in_a_block_cancels_the_block_not_the_chat(tmp_path):
+    child = spawn(tmp_path)
+    child.expect("User:")
+    child.sendline('"""')
+    child.expect_exact("...")
+    child.sendline("line one")
+    child.expect(r"line one\S*\r\r\n")  # accepted (not a redraw while typing)
+    child.expect_exact("...")  # the next line's prompt
+    child.sendcontrol("d")
+    child.expect("block cancelled")
+    child.expect("User:")
+    child.sendline("+path")  # nothing was sent
+    child.expect("no messages yet")
+    child.expect("User:")
+    child.sendline("hello")  # and the chat goes on
+    child.expect_exact("Assistant: Yes!")
+    child.expect("User:")
+    child.sendline("+exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_version():
+    from chatrwkv import __version__
+
+    out = cli("--version")
+    assert (out.returncode, out.stdout) == (0, f"chatrwkv {__version__}\n")
+
+
+def test_autosave_hint_names_the_command_that_resumes(tmp_path, monkeypatch, capsys):
+    from chatrwkv import cli as cli_module
+    from chatrwkv import ui
+
+    assert cli_module.resume_command(None) == "chatrwkv --resume"  # the demo model
+    assert cli_module.resume_command("g1-0.4b") == "chatrwkv --model g1-0.4b --resume"
+    assert cli_module.resume_command("my models/x.pth") == \
+        "chatrwkv --model 'my models/x.pth' --resume"
+
+    class Saved:
+        def save_named(self, name):
+            return tmp_path / f"{name}.session"
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    ui.autosave(Saved())
+    err = capsys.readouterr().err
+    assert "`chatrwkv --resume` continues it" in err and "--model" not in err
+
+
+def test_tab_completes_branch_and_session_names(tmp_path):
+    child = spawn(tmp_path)
+    child.expect("User:")
+    child.sendline("+branch experiment")
+    child.expect("on new branch")
+    child.expect("User:")
+    child.sendline("+save mystory")
+    child.expect("saved 'mystory'")
+    child.expect("User:")
+    child.send("+switch ex\t")
+    child.expect_exact("periment")  # completed on the line
+    child.send("\r")
+    child.expect("switched to")
+    child.expect("User:")
+    child.send("+load mys\t")
+    child.expect_exact("tory")
+    child.send("\r")
+    child.expect("loaded 'mystory'")
+    child.expect("User:")
+    child.sendline("+exit")
+    child.expect(pexpect.EOF)

@@ -207,7 +207,7 @@ def test_piped_chat_autosaves_and_cli_resumes(tmp_path):
     second = subprocess.run([*cmd, "--resume"], input="+tree\n", capture_output=True,
                             text=True, timeout=120, env=env, check=False)
     assert second.returncode == 0, second.stderr
-    assert "\n  * gen: hello bot" in second.stdout and "[main, side]" in second.stdout
+    assert "\n  * #1 gen: hello bot" in second.stdout and "[main, side]" in second.stdout
     third = subprocess.run([*cmd, "--resume", "nope"], input="", capture_output=True,
                            text=True, timeout=120, env=env, check=False)
     assert third.returncode == 1 and third.stderr.count("\n") == 1
