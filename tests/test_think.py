@@ -335,6 +335,7 @@ def test_terminal_shows_thinking_dim_then_the_answer(tmp_path):
     child.expect("User:")
     child.sendline("+think off")
     child.expect_exact("think = off")
+    child.expect("User:")
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     child.close()
