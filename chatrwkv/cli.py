@@ -35,7 +35,8 @@ in the chat:
   type a message and press Enter; Alt+Enter (or Esc then Enter) adds a new line,
   or start a block with a line of three double quotes and end it the same way.
   +help lists the commands (+gen, +qa, +, ++, +++, +reset, +prompt FILE, ...).
-  -temp=X and -top_p=Y in a line apply to that line only.
+  -temp=X and -top_p=Y in a line apply to that line only; +set KEY VALUE changes a setting
+  for the rest of the chat, +show lists them; +think MODE, +system TEXT (G1 models).
   Ctrl-C stops a reply (it stays in the conversation); Ctrl-D or +exit leaves and saves
   the session as 'last' (`--resume` continues it). +undo, +branch NAME, +switch NAME, +tree,
   +goto N, +save NAME, +load NAME, +export md|json FILE, +import FILE, +state FILE: see +help.
@@ -87,7 +88,9 @@ _positive_int = _whole(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .chatsettings import CHAT_MAX_TOKENS, G1_CHAT_MAX_TOKENS, HISTORY_MODES
     from .sampling import SamplingSettings
+    from .templates import THINK_MODES
 
     d = SamplingSettings()
     ap = argparse.ArgumentParser(
@@ -122,22 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not save the session as 'last' when the chat ends")
     c.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N",
                    help="length of free generation (+gen, +i, +qq, +qa; default 256)")
-    s = ap.add_argument_group("sampling (defaults as ChatRWKV)")
-    s.add_argument("--temp", type=_number(check_temperature), default=d.temperature,
-                   metavar="T", help=f"temperature, 0 = greedy (default {d.temperature})")
-    s.add_argument("--top-p", type=_number(check_top_p), default=d.top_p, metavar="P",
-                   help=f"nucleus cutoff (default {d.top_p})")
-    s.add_argument("--top-k", type=_whole(0, 2**31 - 1), default=d.top_k, metavar="K",
+    c.add_argument("--chat-max-tokens", type=_positive_int, metavar="N",
+                   help=f"longest chat reply (default {CHAT_MAX_TOKENS}; G1 models "
+                   f"{G1_CHAT_MAX_TOKENS}, thinking included)")
+    c.add_argument("--think", choices=list(THINK_MODES), help="think mode of a G1 chat "
+                   "(default fast for RWKV-7 World models: the official fake think)")
+    c.add_argument("--history", choices=list(HISTORY_MODES),
+                   help="what a turn that thought leaves in the state: the answer only (default, "
+                   "as the G1 templates lay out earlier turns) or the full reply")
+    c.add_argument("--system", metavar="TEXT", help="system prompt (\"System: TEXT\" starts "
+                   "the conversation)")
+    c.add_argument("--show-thinking", action="store_true",
+                   help="piped mode: print a reply's thinking too (as <think>...</think>)")
+    s = ap.add_argument_group("sampling (default: the model's, see README; ChatRWKV v2's "
+                              f"T {d.temperature} top-p {d.top_p} for v4/v5/v6 and Pile)")
+    s.add_argument("--temp", type=_number(check_temperature), metavar="T",
+                   help="temperature, 0 = greedy")
+    s.add_argument("--top-p", type=_number(check_top_p), metavar="P", help="nucleus cutoff")
+    s.add_argument("--top-k", type=_whole(0, 2**31 - 1), metavar="K",
                    help="keep only the K likeliest tokens, 0 = off (default 0)")
-    s.add_argument("--presence", type=_setting("presence"), default=d.presence, metavar="X",
-                   help=f"presence penalty (default {d.presence})")
-    s.add_argument("--frequency", type=_setting("frequency"), default=d.frequency, metavar="X",
-                   help=f"frequency penalty (default {d.frequency})")
-    s.add_argument("--decay", type=_setting("decay"),
-                   default=d.decay, metavar="X",
-                   help=f"penalty decay per generated token (default {d.decay})")
-    s.add_argument("--seed", type=_whole(0, SEED_MAX),
-                   help="random seed, for a reproducible transcript")
+    s.add_argument("--presence", type=_setting("presence"), metavar="X", help="presence penalty")
+    s.add_argument("--frequency", type=_setting("frequency"), metavar="X",
+                   help="frequency penalty")
+    s.add_argument("--decay", type=_setting("decay"), metavar="X", help="penalty decay per generated token")
+    s.add_argument("--seed", type=_whole(0, SEED_MAX), help="random seed, for a reproducible transcript")
     return ap
 
 
@@ -178,11 +189,14 @@ def _resolve_model(spec: str) -> Path:
 
 def build_session(args: argparse.Namespace, model_path: Path):
     """Load the model, its tokenizer and the prompt; read the prompt into the state."""
+    import dataclasses
+
+    from .chatsettings import ChatOptions, profile_for
     from .models import load_model
     from .promptcache import PromptCache
-    from .prompts import default_prompt_name, load_prompt
-    from .sampling import SamplingSettings
+    from .prompts import load_prompt
     from .session import Session
+    from .templates import clean_text
     from .tokenizer import load_tokenizer
 
     if args.threads:
@@ -191,20 +205,33 @@ def build_session(args: argparse.Namespace, model_path: Path):
         torch.set_num_threads(args.threads)  # before the load: the C step's pool takes it too
     model = load_model(model_path, device=args.device, dtype=args.dtype, chunk_len=args.chunk_len)
     tokenizer = load_tokenizer(model.config.vocab_size, args.tokenizer)
-    prompt = load_prompt(args.prompt or default_prompt_name(tokenizer.name))
-    settings = SamplingSettings(temperature=args.temp, top_p=args.top_p, top_k=args.top_k,
-                                presence=args.presence, frequency=args.frequency,
-                                decay=args.decay)
-    session = Session(model, tokenizer, prompt, settings=settings, seed=args.seed,
-                      max_tokens=args.max_tokens, prompt_cache=PromptCache(model))
+    profile = profile_for(model.config.version, tokenizer.name)  # version + vocabulary decide
+    prompt = load_prompt(args.prompt or profile.prompt)
+    if args.system is not None:
+        prompt = dataclasses.replace(prompt, system=clean_text(args.system))
+    given = {k: v for k, v in (("temperature", args.temp), ("top_p", args.top_p),
+                               ("top_k", args.top_k), ("presence", args.presence),
+                               ("frequency", args.frequency), ("decay", args.decay))
+             if v is not None}
+    options = {k: v for k, v in (("think", args.think), ("history", args.history),
+                                 ("chat_max_tokens", args.chat_max_tokens)) if v is not None}
+    defaults = ChatOptions(think=profile.think, max_tokens=args.max_tokens,
+                           chat_max_tokens=profile.chat_max_tokens)
+    session = Session(model, tokenizer, prompt, seed=args.seed,
+                      settings=dataclasses.replace(profile.sampling, **given),
+                      options=dataclasses.replace(defaults, **options),
+                      prompt_cache=PromptCache(model))
     if args.resume:
-        # no prefill at all: the file holds the states; its sampler state continues the session
+        # no prefill at all: the file holds the states and the settings; its sampler state
+        # continues the session; settings given on the command line win
         from . import ui
         from .autosave import resume
 
         note = resume(session, args.resume)
         if note:
             ui.print_note(note)
+        session.settings = dataclasses.replace(session.settings, **given)
+        session.options = dataclasses.replace(session.options, **options)
     elif args.state:
         session.mount(args.state)  # the prompt is read after the tuned state
     else:
@@ -244,4 +271,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-                  save_at_exit=not args.no_autosave, resume_command=resume_command(model_given))
+                  save_at_exit=not args.no_autosave, resume_command=resume_command(model_given),
+                  show_thinking=args.show_thinking)

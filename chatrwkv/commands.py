@@ -161,6 +161,26 @@ class MountState(Command):
 
 
 @dataclasses.dataclass(frozen=True)
+class SetOption(Command):
+    """`+set KEY VALUE` (and `+think MODE`, which is `+set think MODE`)."""
+
+    key: str = ""
+    value: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowSettings(Command):
+    """`+show`: the model, the prompt and every setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSystem(Command):
+    """`+system TEXT`: a new system prompt (empty: none); the conversation starts over."""
+
+    text: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Spec:
     """One row of the command table."""
 
@@ -168,6 +188,7 @@ class Spec:
     help: str
     build: Callable[[str, Overrides], Command]
     takes_text: bool  # True: TEXT is required; False: no argument allowed
+    optional: bool = False  # with takes_text: TEXT may be left out
 
 
 def _export(text: str, o: Overrides) -> Command:
@@ -183,6 +204,13 @@ def _word(cls: type, usage: str) -> Callable[[str, Overrides], Command]:
             return ParseError(message=f"a name is one word (usage: {usage})")
         return cls(overrides=o, name=text)
     return build
+
+
+def _set(text: str, o: Overrides) -> Command:
+    key, _, value = text.partition(" ")
+    if not value.strip():
+        return ParseError(message="usage: +set KEY VALUE (+show lists the settings)")
+    return SetOption(overrides=o, key=key, value=value.strip())
 
 
 def _goto(text: str, o: Overrides) -> Command:
@@ -234,6 +262,14 @@ COMMANDS: dict[str, Spec] = {
                     lambda t, o: Import(overrides=o, path=t), True),
     "+state": Spec("+state FILE", "start over from a state-tuning file (.pth / .state)",
                    lambda t, o: MountState(overrides=o, path=t), True),
+    "+think": Spec("+think MODE", "think mode for G1 models: off, fast, think, think-bit, "
+                   "think-lot", lambda t, o: _set("think " + t, o), True),
+    "+system": Spec("+system [TEXT]", "set the system prompt (none: clear it) and start over",
+                    lambda t, o: SetSystem(overrides=o, text=t), True, optional=True),
+    "+set": Spec("+set KEY VALUE", "change a setting for the rest of the chat (+show lists them)",
+                 _set, True),
+    "+show": Spec("+show", "the model, prompt, system prompt and every setting",
+                  lambda t, o: ShowSettings(o), False),
     "+help": Spec("+help", "this list", lambda t, o: Help(o), False),
     "+exit": Spec("+exit", "leave (Ctrl-D works too)", lambda t, o: Exit(o), False),
 }
@@ -300,7 +336,7 @@ def parse(line: str) -> Command:
     if spec is None:
         return ParseError(message=f"unknown command {word} (type +help for the list; "
                                   "start a message with \\+ to send a literal '+')")
-    if spec.takes_text and not rest:
+    if spec.takes_text and not rest and not spec.optional:
         return ParseError(message=f"{name} needs text: {spec.usage}")
     if not spec.takes_text and rest:
         return ParseError(message=f"{name} takes no text (usage: {spec.usage})")

@@ -14,7 +14,8 @@ from .stats import Stats
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    role: str   # "prompt", "user", "bot", "input" (free-generation input), "text" (free output)
+    role: str   # "prompt", "user", "think" (a reply's thinking, before its "bot" turn), "bot",
+                # "input" (free-generation input), "text" (free output)
     text: str
 
 
@@ -49,6 +50,11 @@ class ReplyStart:
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     text: str  # whole characters, literal text
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkChunk:
+    text: str  # a piece of a reply's thinking (inside <think>...</think>), literal text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,5 +93,10 @@ class ShowTranscript:
     turns: tuple[Turn, ...]
 
 
-Event = (Info | Problem | ReplyStart | Chunk | ReplyEnd | ShowHelp | ExitRequested | ShowTree
-         | ShowTranscript)
+@dataclasses.dataclass(frozen=True)
+class ShowSettings:
+    rows: tuple[tuple[str, str], ...]  # (name, value), in the order to print
+
+
+Event = (Info | Problem | ReplyStart | Chunk | ThinkChunk | ReplyEnd | ShowHelp | ExitRequested
+         | ShowTree | ShowTranscript | ShowSettings)

@@ -4,9 +4,12 @@ Every command starts from a named `Snapshot` (state + last logits + token ids + 
 sampling settings) and saves the snapshots ChatRWKV does:
 
     message      chat      -> feed "{user}: {msg}\\n\\n{bot}:" -> chat_pre -> reply -> chat
+                 (a G1 think mode adds its hint to {msg} and feeds its prefix, e.g. " <think",
+                 from chat_pre before sampling; a turn that thought is closed as +set history says)
     +            chat_pre  -> reply -> chat
     +reset       chat_init -> chat
     +prompt F    zero      -> feed F's init -> chat_init, chat
+    +system T    zero      -> feed "System: T\\n\\n" + the init -> chat_init, chat
     +gen/+i/+qq  zero      -> feed template -> gen_0 -> free text -> gen_1
     +qa          chat_init -> feed "{user}: {q}\\n\\n{bot}:" -> gen_0 -> free text -> gen_1
     ++           gen_0     -> free text -> gen_1
@@ -15,14 +18,15 @@ sampling settings) and saves the snapshots ChatRWKV does:
 Snapshots are never mutated after they are saved (work happens on clones), so one snapshot can
 sit under two names. Every turn that changes the slots becomes a node of the conversation tree
 (conversation.py); `+` and `++` put their new reply beside the one they replace. The tree and file
-commands live in treecommands.py. `handle()` yields events for the UI; nothing here prints.
+commands live in treecommands.py, `+set`, `+show` and `+system` in settingcommands.py: parts the
+session owns and dispatches to (the session is the top of its layer: nothing below imports it).
+`handle()` yields events for the UI; nothing here prints.
 """
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +35,8 @@ from pathlib import Path
 import torch
 
 from . import commands as C
+from .chatreply import ReplyReader
+from .chatsettings import CHAT_MAX_TOKENS, ChatOptions
 from .conversation import DEFAULT_MAX_LIVE, Conversation, first_words
 from .errors import ChatRWKVError
 from .events import (  # noqa: F401 - re-exported: the UI and tests import events from here
@@ -42,10 +48,12 @@ from .events import (  # noqa: F401 - re-exported: the UI and tests import event
     ReplyEnd,
     ReplyStart,
     ShowHelp,
+    ShowSettings,
     ShowTranscript,
     ShowTree,
     Snapshot,
     Stats,
+    ThinkChunk,
     TreeRow,
     Turn,
 )
@@ -62,23 +70,16 @@ from .sampling import (
     single_tokens,
 )
 from .sessionfile import states_dir
+from .settingcommands import SettingCommands
 from .state import State
 from .stats import ReplyClock
+from .templates import assistant_prefix, collapse_blank_lines, user_suffix
 from .treecommands import TreeCommands
 
 AVOID_REPEAT = "，：？！"  # ChatRWKV: a full-width punctuation mark never follows itself
-CHAT_MAX_TOKENS = 999      # ChatRWKV's bound; the newline schedule ends replies long before
 SPLIT_CHAR_EXTRA = 16      # tokens allowed past --max-tokens to finish a split character
 INSTRUCTION = ("\nBelow is an instruction that describes a task. Write a response that "
                "appropriately completes the request.\n\n# Instruction:\n{text}\n\n# Response:\n")
-
-
-
-
-
-def collapse_blank_lines(text: str) -> str:
-    """A blank line would end the turn, so a message keeps single newlines only."""
-    return re.sub(r"\n\s*\n", "\n", text.replace("\r\n", "\n")).strip()
 
 
 # command -> (node label, whether a repeat of the same label goes beside the current node)
@@ -88,21 +89,22 @@ TURNS: dict[type, tuple[str, bool]] = {
 }
 
 
-class Session(TreeCommands):
+class Session:
     """Owns the model's conversation. Set `cancel` (from a signal handler) to stop a reply."""
 
     def __init__(self, model, tokenizer, prompt: Prompt, *,
                  settings: SamplingSettings | None = None, seed: int | None = None,
                  max_tokens: int = 256, chat_max_tokens: int = CHAT_MAX_TOKENS,
                  runtime: Runtime | None = None, max_live: int = DEFAULT_MAX_LIVE,
-                 states_folder: Path | None = None, prompt_cache: PromptCache | None = None):
+                 states_folder: Path | None = None, options: ChatOptions | None = None,
+                 prompt_cache: PromptCache | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.runtime = runtime or Runtime(model)
         self.prompt = prompt
         self.settings = settings or SamplingSettings()
-        self.max_tokens = max_tokens
-        self.chat_max_tokens = chat_max_tokens
+        self.options = options or ChatOptions(max_tokens=max_tokens,
+                                              chat_max_tokens=chat_max_tokens)
         self.generator = torch.Generator()
         self.reseed(seed)
         self.cancel = threading.Event()
@@ -119,9 +121,27 @@ class Session(TreeCommands):
         no_repeat = single_tokens(tokenizer.encode, AVOID_REPEAT)
         self.chat_rules = LogitRules(banned=frozenset({eot}), no_repeat=no_repeat,
                                      newline_id=nl, newline_bias=chat_newline_bias)
+        # RWKV-7 G1: the official chat demo (ChatRWKV API_DEMO_CHAT.py) only bans end-of-text
+        self.g1_rules = LogitRules(banned=frozenset({eot}))
         self.free_rules = LogitRules(no_repeat=no_repeat)
         self.qa_rules = LogitRules(no_repeat=no_repeat, newline_id=nl,
                                    newline_bias=qa_newline_bias)
+        self.tree_commands = TreeCommands(self)
+        self.setting_commands = SettingCommands(self)
+
+    # --- settings ------------------------------------------------------------------------------
+
+    @property
+    def max_tokens(self) -> int:
+        return self.options.max_tokens
+
+    @property
+    def chat_max_tokens(self) -> int:
+        return self.options.chat_max_tokens
+
+    def think_mode(self) -> str:
+        """The think mode in force: think modes are the G1 templates', so "off" elsewhere."""
+        return self.options.think if self.prompt.style == "g1" else "off"
 
     # --- snapshots and feeding -----------------------------------------------------------------
 
@@ -154,7 +174,8 @@ class Session(TreeCommands):
         return Snapshot(state, logits, base.tokens + tuple(ids), base.transcript + turns, settings)
 
     def start(self, prompt: Prompt, label: str = "prompt") -> Timing:
-        """Feed `prompt` from the zero state; it becomes `chat_init` and `chat` (a new node)."""
+        """Feed `prompt` (system prompt and init) from the zero state; it becomes `chat_init` and
+        `chat` (a new node). A G1 prompt with no system prompt feeds nothing."""
         timing = Timing()
         snap = self._cached_prompt(prompt, timing)
         self.prompt = prompt
@@ -166,14 +187,17 @@ class Session(TreeCommands):
     def _cached_prompt(self, prompt: Prompt, timing: Timing) -> Snapshot:
         """The prompt fed from the zero state, from `prompt_cache` when it has it (a mounted
         state-tuning start is not cached)."""
-        turns = (Turn("prompt", prompt.init),)
+        text = prompt.start_text()  # system prompt and init; nothing for a bare G1 chat
+        turns = (Turn("prompt", text),)
+        if not text:
+            return dataclasses.replace(self.zero(), transcript=turns)
         cache = self.prompt_cache if self.initial_state is None else None
         if cache is None:
-            return self.feed(self.zero(), prompt.init, turns, self.settings, timing)
-        ids = self.encode_fed(prompt.init)
+            return self.feed(self.zero(), text, turns, self.settings, timing)
+        ids = self.encode_fed(text)
         if (hit := cache.load(ids)) is not None:
             return Snapshot(hit[0], hit[1], tuple(ids), turns, self.settings)
-        snap = self.feed(self.zero(), prompt.init, turns, self.settings, timing)
+        snap = self.feed(self.zero(), text, turns, self.settings, timing)
         cache.store(ids, snap.state, snap.logits)
         return snap
 
@@ -195,12 +219,28 @@ class Session(TreeCommands):
         self.record(label, preview, sibling=beside and current.label == label,
                     above="gen" if isinstance(command, C.Generate) else None)
 
+    # --- the tree and file commands' entry points, used by the command line and the UI --------
+
+    def where(self) -> str:
+        return self.tree_commands.where()
+
+    def load_named(self, name: str) -> None:
+        self.tree_commands.load_named(name)
+
+    def save_named(self, name: str) -> Path:
+        return self.tree_commands.save_named(name)
+
+    def mount(self, path: str | Path) -> None:
+        self.tree_commands.mount(path)
+
     # --- commands ------------------------------------------------------------------------------
 
     def handle(self, command: C.Command) -> Iterator[Event]:
         """Run one command, yielding events. A failure is one Problem and changes nothing."""
         self.cancel.clear()
-        handler = getattr(self, "_on_" + type(command).__name__.lower(), None)
+        name = "_on_" + type(command).__name__.lower()
+        handler = next((h for part in (self, self.tree_commands, self.setting_commands)
+                        if (h := getattr(part, name, None)) is not None), None)
         if handler is None:
             yield Problem(f"no handler for {type(command).__name__}")
             return
@@ -240,8 +280,8 @@ class Session(TreeCommands):
 
     def _on_message(self, cmd: C.Message, settings: SamplingSettings) -> Iterator[Event]:
         msg = collapse_blank_lines(cmd.text)
-        p = self.prompt
-        text = f"{p.turn(p.user, msg)}\n\n{p.turn(p.bot, '')}"
+        p, think = self.prompt, self.think_mode()
+        text = f"{p.turn(p.user, msg + user_suffix(think))}\n\n{p.turn(p.bot, '')}"
         clock, timing = ReplyClock(self.clock), Timing()
         pre = self.feed(self.slots["chat"], text, (Turn("user", msg),), settings, timing)
         clock.prefilled(timing.tokens)
@@ -309,46 +349,65 @@ class Session(TreeCommands):
 
     def _chat_reply(self, pre: Snapshot, settings: SamplingSettings,
                     clock: ReplyClock) -> Iterator[Event]:
-        """Sample a reply after `pre` until a blank line or the user's name; save `chat`."""
-        p = self.prompt
-        stops = ("\n\n", "\n" + p.turn(p.user, ""))
-        gen = self._generation(pre, settings, self.chat_rules, frozenset())
+        """Sample a reply after `pre` (and the think mode's prefix) until a blank line or the
+        user's name; save `chat`."""
+        p, think = self.prompt, self.think_mode()
+        prefix = assistant_prefix(think)
+        if prefix:  # the think mode's prefix is input too: the clock counts it as prefill
+            fed = Timing()
+            start = self.feed(pre, prefix, (), settings, fed)
+            clock.prefilled(fed.tokens)
+        else:
+            start = pre
+        rules = self.g1_rules if p.style == "g1" else self.chat_rules
+        gen = self._generation(start, settings, rules, frozenset())
         stream = self.tokenizer.stream()
-        text, shown, cut = "", 0, None
+        reader = ReplyReader(prefix, ("\n\n", "\n" + p.turn(p.user, "")), p.style == "g1")
+        thinking_tokens = 0
         yield ReplyStart(p.bot)
         for _ in gen:
-            text += stream.feed(gen.tokens[-1])
+            yield from reader.feed(stream.feed(gen.tokens[-1]))
             clock.token()
-            found = [i for i in (text.find(s) for s in stops) if i >= 0]
-            if found:
-                cut = min(found)
+            if not thinking_tokens:
+                sp = reader.split()
+                if sp.think_at is not None and sp.closed:
+                    thinking_tokens = len(gen.tokens)
+            if reader.stopped or len(gen.tokens) >= self.chat_max_tokens:
                 break
-            begin = max(shown, len(text) - len(text.lstrip()))  # no leading blanks on screen
-            end = _safe_end(text, stops)
-            if end > begin:
-                yield Chunk(text[begin:end])
-                shown = end
-            if len(gen.tokens) >= self.chat_max_tokens:
-                break
-        fed_text = text + stream.flush()
-        kept = text[:cut] if cut is not None else text.rstrip("\n")
-        tail = kept.rstrip()[max(shown, len(kept) - len(kept.lstrip())):]
-        if tail:
-            yield Chunk(tail)
-        # Close the turn as a finished reply is closed, so state and transcript stay in step.
-        target = kept + "\n\n"
-        turn = (Turn("bot", kept.strip()),)
-        if fed_text == target:
-            done = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens),
-                            pre.transcript + turn, settings)
-        elif target.startswith(fed_text):
-            after = Snapshot(gen.state, gen.logits, pre.tokens + tuple(gen.tokens), (), settings)
-            done = self.feed(after, target[len(fed_text):], (), settings, cancellable=False)
-            done = dataclasses.replace(done, transcript=pre.transcript + turn)
-        else:  # the sampled tokens ran past the stop: re-read the kept reply from `chat_pre`
-            done = self.feed(pre, target, turn, settings, cancellable=False)
+        fed_text = reader.text + stream.flush()
+        yield from reader.finish()
+        kept, sp = reader.kept(), reader.split(final=True)
+        if sp.think_at is not None and not thinking_tokens:
+            thinking_tokens = len(gen.tokens)  # it never closed: all thinking
+        thinking, answer = sp.thinking.strip(), sp.answer.strip()
+        if not thinking:
+            thinking_tokens = 0  # a fast reply's ">": no thought to count
+        turns = ((Turn("think", thinking),) if thinking else ()) + (Turn("bot", answer),)
+        if sp.think_at is not None and self.options.history == "answer":
+            # as the templates lay out an earlier turn: "Assistant: <answer>\n\n", no thinking
+            text = (" " + answer if answer else "") + "\n\n"
+            done = self.feed(pre, text, turns, settings, cancellable=False)
+        else:
+            done = self._close_turn(start, gen, fed_text, kept + "\n\n", turns, settings)
         self.slots["chat"] = done
-        yield ReplyEnd(clock.finish(), gen.stopped_by_user)
+        yield ReplyEnd(dataclasses.replace(clock.finish(), thinking=thinking_tokens),
+                       gen.stopped_by_user)
+
+    def _close_turn(self, start: Snapshot, gen, fed_text: str, target: str,
+                    turns: tuple[Turn, ...], settings: SamplingSettings) -> Snapshot:
+        """The state after `start` + `target`, from what was sampled: close the turn as a finished
+        reply is closed, so state and transcript stay in step."""
+        transcript = start.transcript + turns
+        if fed_text == target:
+            return Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens), transcript,
+                            settings)
+        if target.startswith(fed_text):
+            after = Snapshot(gen.state, gen.logits, start.tokens + tuple(gen.tokens), (),
+                             settings)
+            done = self.feed(after, target[len(fed_text):], (), settings, cancellable=False)
+            return dataclasses.replace(done, transcript=transcript)
+        # the sampled tokens ran past the stop: re-read the kept reply from `start`
+        return self.feed(start, target, turns, settings, cancellable=False)
 
     def _free_text(self, start: Snapshot, settings: SamplingSettings, rules: LogitRules,
                    clock: ReplyClock) -> Iterator[Event]:
@@ -376,17 +435,6 @@ class Session(TreeCommands):
                                        start.transcript + (Turn("text", "".join(pieces)),),
                                        settings)
         yield ReplyEnd(clock.finish(), gen.stopped_by_user)
-
-
-def _safe_end(text: str, stops: tuple[str, ...]) -> int:
-    """How much of `text` can be shown: hold back a tail that may be the start of a stop."""
-    end = len(text)
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                end = min(end, len(text) - k)
-                break
-    return end
 
 
 def _complete_utf8(tokenizer, ids: list[int]) -> bool:

@@ -20,7 +20,9 @@ refused with one line, like a file from a newer version):
               node.parent, node.prompt [N], node.slots [N, K]   the tree (-1: none)
     metadata  identity (the model's: version, shapes, weight fingerprint) and body (JSON):
               tokenizer, prompts, settings, slot names, node labels and previews, the turns'
-              roles and texts, stored rows, branches, current node, redo stack.
+              roles and texts, stored rows, branches, current node, redo stack, and the
+              session's settings for the rest of the chat (`chat_settings`: sampling and
+              chatsettings.ChatOptions, as `+set` leaves them; restored by --resume).
 A row that continues the row written just before extends its span, so the snapshots of a linear
 conversation share one span and decoding any of them is one slice. Resuming reads the tables and
 decodes the current node only; every index and length is checked with a few tensor operations,
@@ -42,10 +44,11 @@ import tempfile
 import weakref
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from .chatsettings import ChatOptions, SettingError, apply_setting
 from .conversation import Conversation, Hollow, Node, longest_prefix
 from .errors import ChatRWKVError, StateFileError
 from .prompts import Prompt
@@ -55,7 +58,20 @@ from .textin import is_valid_text
 
 if TYPE_CHECKING:
     from .events import Snapshot, Turn
-    from .session import Session
+
+
+class SessionLike(Protocol):
+    """What a session file is written from and read for (the session module sits above this
+    one and passes itself)."""
+
+    model: object
+    tokenizer: object
+    tree: Conversation
+    generator: torch.Generator
+    initial_state: object | None
+    mounted_name: str | None
+    settings: SamplingSettings
+    options: ChatOptions
 
 FORMAT = "chatrwkv-session"
 FORMAT_VERSION = 2
@@ -118,7 +134,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 # --- writing -----------------------------------------------------------------------------------
 
-def encode_session(session: Session) -> bytes:
+def encode_session(session: SessionLike) -> bytes:
     from safetensors.torch import save
 
     from .events import Snapshot
@@ -166,7 +182,9 @@ def encode_session(session: Session) -> bytes:
             "settings": [dataclasses.asdict(s) for s in w.settings], "slot_names": slot_names,
             "labels": labels, "previews": previews, "roles": w.roles, "texts": w.texts,
             "stored": w.stored, "branches": tree.branches, "branch": tree.branch,
-            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name}
+            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name,
+            "chat_settings": {**dataclasses.asdict(session.settings),
+                              **dataclasses.asdict(session.options)}}
     tensors = _unshared(tensors)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "identity": json.dumps(session.model.identity(), sort_keys=True),
@@ -326,7 +344,7 @@ def _decoded_tokens(obj: Snapshot | Hollow) -> tuple[int, ...] | None:
     return None if isinstance(obj, Hollow) and not obj.decoded else obj.tokens
 
 
-def save_session(session: Session, path: Path) -> int:
+def save_session(session: SessionLike, path: Path) -> int:
     """Write `session` to `path` atomically; returns the file size in bytes."""
     data = encode_session(session)
     remove_stale_temps(path.parent)
@@ -371,9 +389,27 @@ class Loaded:
     rng: torch.Tensor
     initial_state: object | None
     mounted_name: str | None
+    settings: tuple[SamplingSettings, ChatOptions] | None = None  # None: an older file
 
 
-def load_session(session: Session, path: Path) -> Loaded:
+def _chat_settings(saved: object) -> tuple[SamplingSettings, ChatOptions] | None:
+    """The saved settings, each checked as `+set` checks it (ValueError: a damaged file)."""
+    if saved is None:
+        return None
+    if not isinstance(saved, dict):
+        raise TypeError("chat_settings: a table expected")
+    sampling, options = SamplingSettings(), ChatOptions()
+    for key, value in saved.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(f"chat_settings.{key}: a value expected")
+        try:
+            sampling, options, _ = apply_setting(sampling, options, str(key), str(value))
+        except SettingError as e:
+            raise ValueError(str(e)) from None
+    return sampling, options
+
+
+def load_session(session: SessionLike, path: Path) -> Loaded:
     """Read and check a session file for `session`'s model; changes nothing in `session`."""
     from safetensors import SafetensorError, safe_open
 
@@ -418,7 +454,7 @@ def load_session(session: Session, path: Path) -> Loaded:
                              f"{str(e)[:80]})") from None
 
 
-def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> Loaded:
+def _decode(session: SessionLike, body: dict, tensors: dict[str, torch.Tensor]) -> Loaded:
     """The tree, with only the stored snapshots decoded: nothing here runs once per turn."""
     from .events import Snapshot
 
@@ -483,7 +519,8 @@ def _decode(session: Session, body: dict, tensors: dict[str, torch.Tensor]) -> L
         tree.live[node_id] = None
         tree.holding.add(node_id)
     initial = state_from("init") if f"init.{next(iter(shapes))}" in tensors else None
-    return Loaded(tree, tensors["rng"], initial, body.get("mounted"))
+    return Loaded(tree, tensors["rng"], initial, body.get("mounted"),
+                  _chat_settings(body.get("chat_settings")))
 
 
 _SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -26,6 +26,7 @@ class Stats:
     first_token_s: float | None = None  # wall: from the command to the first token's text
     decode_s: float = 0.0        # wall: from the end of the prefill to the last token's text
     total_s: float = 0.0         # wall: from the command to the end of the reply
+    thinking: int = 0            # of `tokens`, how many were the reply's thinking (G1 models)
 
     @property
     def prefill_rate(self) -> float:
@@ -82,6 +83,8 @@ def format_stats(stats: Stats, interrupted: bool = False) -> str:
     """`12 tokens · first token 85 ms · prefill 30 tok at 410 tok/s · decode 41.3 tok/s ·
     0.38 s` (decode and the total are wall time: sampling, detokenizing, printing included)."""
     parts = [f"{stats.tokens} tokens"]
+    if stats.thinking:
+        parts[0] += f" (thinking {stats.thinking}, answer {stats.tokens - stats.thinking})"
     if stats.first_token_s is not None:
         parts.append(f"first token {_seconds(stats.first_token_s)}")
     if stats.prefill_tokens:

@@ -36,9 +36,11 @@ from .session import (
     ReplyStart,
     Session,
     ShowHelp,
+    ShowSettings,
     ShowTranscript,
     ShowTree,
     Stats,
+    ThinkChunk,
 )
 from .sessionfile import home_dir, list_sessions
 from .stats import format_stats
@@ -98,15 +100,28 @@ def stats_line(stats: Stats, interrupted: bool) -> str:
 
 # --- piped mode --------------------------------------------------------------------------------
 
-def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
+def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
+              show_thinking: bool = False) -> int:
+    """Replies on `out`: the answer only, unless `show_thinking` (then `<think>...</think>`
+    and a newline come first, as the model wrote them)."""
     for line in lines:
+        thinking = False
         for event in _run_command(session, line.rstrip("\r\n")):
-            if isinstance(event, Chunk):
+            if isinstance(event, ThinkChunk) and show_thinking:
+                out.write(("" if thinking else "<think>") + event.text)
+                thinking = True
+            elif isinstance(event, Chunk):
+                if thinking:
+                    out.write("</think>\n")
+                    thinking = False
                 out.write(event.text)
                 out.flush()
             elif isinstance(event, ReplyEnd):
-                out.write("\n")
+                out.write("</think>\n" if thinking else "\n")
+                thinking = False
                 out.flush()
+            elif isinstance(event, ShowSettings):
+                out.write("".join(f"{k}: {v}\n" for k, v in event.rows))
             elif isinstance(event, (Info, Problem)):
                 err.write(("chatrwkv: " if isinstance(event, Problem) else "") + event.text + "\n")
                 err.flush()
@@ -154,6 +169,12 @@ class Terminal:
         self.console.print(Text("Alt+Enter (or Esc Enter) adds a line; a line of \"\"\" starts "
                                 "and ends a block.", style="dim"))
 
+    def show_settings(self, event: ShowSettings) -> None:
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for name, value in event.rows:
+            table.add_row(Text(name, style="bold"), Text(terminal_safe(value)))
+        self.console.print(table)
+
     def show_tree(self, event: ShowTree) -> None:
         root = Tree(Text("conversation", style="bold"))
         stack: list[Tree] = [root]
@@ -173,21 +194,34 @@ class Terminal:
     def toolbar(self) -> str:
         s = self.session
         describe = getattr(s.model, "describe", lambda: "model")()
-        return (f" {describe} | prompt {s.prompt.name} | branch {s.tree.branch} | "
+        think = f"think {s.think_mode()} | " if s.prompt.style == "g1" else ""
+        system = "system on | " if s.prompt.system else ""
+        return (f" {describe} | prompt {s.prompt.name} | {think}{system}branch {s.tree.branch} | "
                 f"T {s.settings.temperature:g} top-p {s.settings.top_p:g} ")
 
     def render(self, events: Iterable[Event]) -> bool:
         """Print events; False when the user asked to leave."""
         out = self.console.file
+        thinking = False  # a reply's thinking is on screen (dim) and its answer not yet
         for event in events:
             if isinstance(event, ReplyStart):
                 if event.speaker:
                     out.write(terminal_safe(f"{event.speaker}{self.session.prompt.separator} "))
                 out.flush()
+            elif isinstance(event, ThinkChunk):
+                # literal text in the dim style, streamed as it comes; the answer starts below
+                self.console.print(Text(terminal_safe(event.text), style="dim"), end="",
+                                   soft_wrap=True)
+                out.flush()
+                thinking = True
             elif isinstance(event, Chunk):
+                if thinking:
+                    out.write("\n")
+                    thinking = False
                 out.write(terminal_safe(event.text))  # literal: never markup, no escapes
                 out.flush()
             elif isinstance(event, ReplyEnd):
+                thinking = False
                 out.write("\n")
                 self.console.print(Text(stats_line(event.stats, event.interrupted), style="dim"))
                 out.write("\n")
@@ -200,6 +234,8 @@ class Terminal:
                 self.show_help()
             elif isinstance(event, ShowTree):
                 self.show_tree(event)
+            elif isinstance(event, ShowSettings):
+                self.show_settings(event)
             elif isinstance(event, ShowTranscript):
                 for line in transcript_lines(self.session, event):
                     self.console.print(Text(terminal_safe(line)))
@@ -309,7 +345,7 @@ def _piped_lines() -> Iterable[str]:
 
 
 def run(session: Session, interactive: bool, save_at_exit: bool = True,
-        resume_command: str = "chatrwkv --resume") -> int:
+        resume_command: str = "chatrwkv --resume", show_thinking: bool = False) -> int:
     """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP,
     SIGTERM, Ctrl-C while piped input waits)."""
     handled = [s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None]
@@ -319,7 +355,7 @@ def run(session: Session, interactive: bool, save_at_exit: bool = True,
         if interactive:
             code = Terminal(session).loop()
         else:
-            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr)
+            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr, show_thinking)
     except HangUp as e:
         code = e.code
     except KeyboardInterrupt:  # Ctrl-C while piped mode waits for a line

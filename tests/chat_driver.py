@@ -1,10 +1,11 @@
 """Runs the real UI (interactive in a pty, or piped) over the fake model and tokenizer.
 
-    python tests/chat_driver.py [--slow] [--short] [--escapes]
+    python tests/chat_driver.py [--slow] [--short] [--escapes] | --g1 [--show-thinking]
 --slow makes every forward call take 20 ms and the model babble "abab..." forever, so a test
 can press Ctrl-C in the middle of a long reply; with --short a chat reply ends by itself after
 100 tokens (2 s). --escapes makes the reply " ESC[31mR CR !": a model trying to recolour the
-terminal and overwrite its line.
+terminal and overwrite its line. --g1 chats with the G1 prompt in think mode, and every reply
+is the scripted THOUGHT (thinking, then an answer), 30 ms a token.
 """
 
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from chat_fakes import BigramModel, FakeTokenizer
+from chat_fakes import BigramModel, FakeTokenizer, ScriptModel
 
 from chatrwkv import ui
+from chatrwkv.chatsettings import G1_SAMPLING, ChatOptions
 from chatrwkv.prompts import load_prompt
 from chatrwkv.session import Session
 
@@ -26,6 +28,15 @@ ESCAPES = {":": " ", " ": "\x1b", "\x1b": "[", "[": "3", "3": "1", "1": "m", "m"
            "\r": "!", "!": "\n", "\n": "\n"}
 
 
+THOUGHT = ">\nThe user says hello. I should greet them back.\n</think>\nHello there!\n\n"
+
+
+class SlowScript(ScriptModel):
+    def forward(self, tokens, state, full_output=False):
+        time.sleep(0.03)
+        return super().forward(tokens, state, full_output)
+
+
 class Slow(BigramModel):
     def forward(self, tokens, state, full_output=False):
         time.sleep(0.02)
@@ -33,6 +44,14 @@ class Slow(BigramModel):
 
 
 def main() -> int:
+    if "--g1" in sys.argv:
+        tok = FakeTokenizer()
+        prompt = load_prompt("g1")
+        session = Session(SlowScript(tok.encode(THOUGHT)), tok, prompt, seed=0,
+                          settings=G1_SAMPLING, options=ChatOptions(think="think"))
+        session.start(prompt)
+        return ui.run(session, interactive=sys.stdin.isatty(),
+                      show_thinking="--show-thinking" in sys.argv)
     slow = "--slow" in sys.argv
     model = Slow({"a": "b", "b": "a", " ": "a", ":": " "}) if slow else BigramModel(
         ESCAPES if "--escapes" in sys.argv else YES)

@@ -152,3 +152,41 @@ class BigramModel:
     def forward(self, tokens, state: LastTokenState, full_output: bool = False) -> torch.Tensor:
         state.last[0] = tokens[-1]
         return self.table[tokens[-1]].clone()
+
+
+@dataclasses.dataclass
+class ScriptState(State):
+    h: torch.Tensor    # [1, D] the FakeModel recurrence: depends on every token fed, in order
+    pos: torch.Tensor  # [1] how far into the script the tokens fed so far follow it
+
+
+class ScriptModel(FakeModel):
+    """Says `script` (token ids) after any prefill: the logits favour the script's next token
+    by a wide margin while the tokens fed follow it, and fall back to the script's start after
+    anything else. Its state is FakeModel's real recurrence plus that position."""
+
+    chunk_len = 64
+
+    def __init__(self, script: list[int], vocab: int = VOCAB, after: int = DOUBLE_NEWLINE):
+        super().__init__()
+        self.script, self.vocab, self.after = script, vocab, after
+        g = torch.Generator().manual_seed(1)
+        self.E = torch.randn(vocab, self.dim, generator=g)
+
+    def zero_state(self) -> ScriptState:
+        return ScriptState(h=torch.zeros(1, self.dim), pos=torch.zeros(1, dtype=torch.long))
+
+    def forward(self, tokens, state: ScriptState, full_output: bool = False) -> torch.Tensor:
+        assert tokens, "forward needs tokens"
+        self.calls.append(list(tokens))
+        h = state.h[0]
+        for t in tokens:
+            h = torch.tanh(self.A @ h + self.E[t])
+        state.h[0] = h
+        pos = int(state.pos[0])
+        follows = len(tokens) == 1 and pos < len(self.script) and tokens[0] == self.script[pos]
+        state.pos[0] = pos + 1 if follows else 0
+        logits = torch.zeros(self.vocab)
+        nxt = int(state.pos[0])
+        logits[self.script[nxt] if nxt < len(self.script) else self.after] = 100.0
+        return logits

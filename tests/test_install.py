@@ -21,8 +21,8 @@ print(Checkpoint.open(DEMO_MODEL).fingerprint())
 
 
 def test_demo_model_loads_and_fingerprints_without_numpy():
-    out = subprocess.run([sys.executable, "-c", NO_NUMPY], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", NO_NUMPY], check=False, capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip()) == 16
 
