@@ -106,8 +106,8 @@ def test_every_damaged_field_is_refused_whole_or_works_everywhere(tmp_path):
         assert isinstance(events[0], Info), what
         # a file that passed: nothing may fail from here on
         for node_id in range(len(b.tree.nodes)):
-            b._enter(b.tree.nodes[node_id])
-        b._enter(b.tree.nodes[b.tree.current])
+            b.tree_commands._enter(b.tree.nodes[node_id])
+        b.tree_commands._enter(b.tree.nodes[b.tree.current])
         for line in ["+path", "+", "+++", "hi", "+save out"]:
             for e in run(b, line):
                 assert not (isinstance(e, Problem) and line == "+save out"), (what, e)
