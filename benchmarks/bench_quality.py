@@ -15,7 +15,6 @@ The Tempest). Budgets from issue 14: int8 within 0.5% of fp32 bits/byte, int4 wi
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,20 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "chatrwkv" / "data" / "models" / "rwkv7-shakespeare-tiny.pth"
 MACBETH = ROOT / "tests" / "data" / "macbeth_heldout.txt"
 BUDGET = {"bf16": 0.5, "int8": 0.5, "int4": 3.0}  # % of fp32 bits/byte
-
-
-def bits_per_byte(model, ids: list[int], n_bytes: int, chunk: int = 1024) -> float:
-    """Sequence path: position t predicts token t+1, the state carried across chunks."""
-    state = model.zero_state()
-    nats = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(ids) - 1, chunk):
-            piece = ids[start:start + chunk]
-            targets = torch.tensor(ids[start + 1:start + 1 + len(piece)])
-            logits = model.forward(piece, state, full_output=True)[:len(targets)]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            nats -= logp[torch.arange(len(targets)), targets].sum().item()
-    return nats / math.log(2) / n_bytes
 
 
 def decode_logprobs(model, ids: list[int]) -> torch.Tensor:
@@ -61,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from chatrwkv.models import load_model
     from chatrwkv.tokenizer import load_tokenizer
+    from chatrwkv.training.cli import bits_per_byte  # the trainer's held-out measure
     from chatrwkv.training.shakespeare import load_corpus, split_corpus
 
     torch.set_num_threads(args.threads)
