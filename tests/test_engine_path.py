@@ -193,3 +193,14 @@ def test_banner_names_the_engine_path():
     out = io.StringIO()
     Terminal(Session(model, FakeTokenizer(), prompt), Console(file=out, width=200)).banner()
     assert "engine: torch fallback (C extension not built: test)" in out.getvalue()
+
+
+def test_a_small_model_decodes_on_one_thread_unless_told(tmp_path):
+    from chatrwkv.defaults import DEMO_MODEL
+
+    big = tmp_path / "big.pth"
+    with open(big, "wb") as f:
+        f.truncate(cli.SMALL_MODEL_BYTES)  # sparse: the size is what counts
+    assert cli.default_threads(DEMO_MODEL) == 1
+    assert cli.default_threads(big) is None
+    assert cli.default_threads(tmp_path / "missing.pth") is None
