@@ -83,6 +83,7 @@ class Checkpoint:
         self.path = Path(path)
         self.tensors = dict(tensors)
         self._used: set[str] = set()
+        self._fingerprint: str | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> Checkpoint:
@@ -175,7 +176,10 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: unexpected tensor '{unused[0]}' for this RWKV version")
 
     def fingerprint(self) -> str:
-        """A short hash of the layout and of a few weights: identifies the model for state files."""
+        """A short hash of the layout and of a few weights: identifies the model for state files.
+        Computed once: the loader (converted-weight cache) and the model both ask for it."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         for key in sorted(self.tensors):
             t = self.tensors[key]
@@ -186,4 +190,5 @@ class Checkpoint:
                 # bytes(untyped_storage()) gave the same one byte at a time (0.4 s at start-up).
                 sample = self.tensors[key].detach().flatten()[:4096].float().contiguous()
                 h.update(bytes(sample.view(torch.uint8).tolist()))
-        return h.hexdigest()[:16]
+        self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint

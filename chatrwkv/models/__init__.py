@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -65,16 +64,13 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
     dt = resolve_dtype(dtype, dev)
     ckpt = Checkpoint.open(path)
     cls, _ = detect_version(ckpt)
-    cache = None
-    if use_cache and "cache" in inspect.signature(cls.__init__).parameters:
-        cache = open_cache(ckpt.path, ckpt.fingerprint(), dt, notice)
+    cache = open_cache(ckpt.path, ckpt.fingerprint(), dt, notice) if use_cache else None
     # Matrices a valid cache serves were checked when it was built from this very file (same
     # fingerprint, size, mtime): a second start does not read the whole checkpoint again.
     try:
         ckpt.check_finite(skip=cache.served_keys() if cache is not None else (),
                           release=PageReleaser(ckpt.path).release)
-        model = cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len,
-                    **({"cache": cache} if cache is not None else {}))
+        model = cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len, cache=cache)
     except BaseException as e:
         if cache is not None:
             cache.abort()
