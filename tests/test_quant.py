@@ -1,6 +1,6 @@
 """8-bit weights (models/quant.py and `--dtype int8`): the quantization error is bounded, the fast
-fbgemm product stays close to its plain weight-only twin, and int8 v7 / v4 models stay close to
-fp32 in both the RNN and the sequence path."""
+product (the C GEMM where it is built, else fbgemm) stays close to its plain weight-only twin,
+and int8 v7 / v4 models stay close to fp32 in both the RNN and the sequence path."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from chatrwkv.models.quant import (
 from chatrwkv.synth import write_checkpoint
 
 needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="torch built without fbgemm")
+needs_fast_int8 = pytest.mark.skipif(not fbgemm_available() and quant._quantcpu is None,
+                                     reason="neither fbgemm nor the C extension")
 
 # The fast path also rounds the activation to 8 bits (one scale per token): on Gaussian data the
 # product's relative error measured ~0.011, the weight-only twin's ~0.008.
@@ -56,7 +58,7 @@ def test_quantize_rows_error_is_half_a_step():
     assert torch.equal(quantize_rows(-w)[0], -q)  # symmetric
 
 
-@needs_fbgemm
+@needs_fast_int8
 @pytest.mark.parametrize("rows", [1, 7])
 def test_fast_product_close_to_twin_and_exact(rows):
     g = torch.Generator().manual_seed(1)
@@ -76,13 +78,14 @@ def test_fast_product_close_to_twin_and_exact(rows):
 def test_packed_weight_unpacks_to_the_same_int8():
     w = torch.randn(64, 48, generator=torch.Generator().manual_seed(2))
     q, scale = quantize_rows(w)
-    lin = Int8Linear(w)
+    lin = Int8Linear(w, use_fbgemm=True)
     assert lin.q is None  # only the packed copy is kept
     assert torch.equal(lin.int8_weight(), q)
     assert torch.equal(lin.dequantize(), q.float() * scale.unsqueeze(1))
 
 
-def test_fallback_without_fbgemm_is_the_twin():
+def test_fallback_without_fbgemm_is_the_twin(monkeypatch):
+    monkeypatch.setattr(quant, "_quantcpu", None)  # no C extension either
     g = torch.Generator().manual_seed(4)
     w, x = torch.randn(40, 24, generator=g), torch.randn(3, 24, generator=g)
     lin = Int8Linear(w, use_fbgemm=False)
@@ -100,7 +103,7 @@ def _logits(model, tokens, one_by_one):
     return out, state
 
 
-@needs_fbgemm
+@needs_fast_int8
 @pytest.mark.parametrize("version,dims,tol", [
     ("7.0", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}, V7_INT8_TOL),
     ("4", {"n_layer": 2, "n_embd": 64, "vocab_size": 500}, V4_INT8_TOL),
@@ -230,7 +233,9 @@ def test_int4_sequence_product_close_to_twin():
     w, x = torch.randn(300, 160, generator=g) * 0.05, torch.randn(7, 160, generator=g)
     lin = Int4Linear(w)
     fast, twin = lin(x), lin.reference(x)
-    assert fast.shape == (7, 300) and _rel(fast, twin) < 0.01  # bf16 activations at most
+    # the C GEMM rounds each token's activations to int8 (measured 0.0078 here), the dequantizing
+    # fallback to bf16 (~0.003)
+    assert fast.shape == (7, 300) and _rel(fast, twin) < 0.02
     lin.use_c = False  # the torch twin of the C parts: the same products
     assert _rel(lin(x), twin) < 0.01 and _rel(lin(x[0]), twin[0]) < 1e-5
 

@@ -1,14 +1,20 @@
-/* int4 matrices (quant.py's `Int4Linear`) outside a model's C step: one matrix-vector product
- * (a token through any version's torch path, or the head after a prefill) and the dequantization
- * of a block of rows to fp32 or bf16 (the sequence path then runs torch's GEMM on the block).
- * Both use _cpukern.h's kernels, with the same run-time dispatch, on the calling thread: a
- * dequantized block is a few milliseconds next to the GEMM that consumes it.
+/* int8 and int4 matrices (quant.py's `Int8Linear`, `Int4Linear`) outside a model's C step: one
+ * matrix-vector product (a token through any version's torch path, or the head after a prefill)
+ * with _cpukern.h's kernels on the calling thread; many tokens at once (the sequence path) with
+ * _qgemm.h's integer GEMM on this module's own pool; and the dequantization of a block of int4
+ * rows (the fallback for groups that GEMM does not handle).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include "_cpukern.h"
 #include "_cpubind.h"
+#include "_qgemm.h"
+
+/* The GEMM's pool: started on first use with the caller's thread count (restarted when it
+ * changes); one product at a time uses it, a concurrent caller runs on its own thread. */
+static CkPool qg_pool;
+static pthread_mutex_t qg_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* gemv(matrix, x address, y address): y = M x, fp32 [in] -> fp32 [out]. */
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
@@ -60,7 +66,64 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* gemm(matrix, x address, T, y address, threads, wsum address): y [T, out] = x [T, in] M^T
+ * for an int8 matrix (wsum: int32 [out] row sums, from rowsum) or an int4 one with groups of a
+ * multiple of 32 (wsum 0). */
+static PyObject *py_gemm(PyObject *self, PyObject *args) {
+    PyObject *mat;
+    unsigned long long x, y, wsum;
+    int T, threads, rc;
+    CkMat m;
+    if (!PyArg_ParseTuple(args, "OKiKiK", &mat, &x, &T, &y, &threads, &wsum) ||
+        !ck_parse_mat(mat, &m))
+        return NULL;
+    if (T < 1 || (m.dtype != CK_I8 && m.dtype != CK_I4) ||
+        (m.dtype == CK_I4 && !qg_i4_group_ok(m.group)) || (m.dtype == CK_I8 && !wsum)) {
+        PyErr_SetString(PyExc_ValueError, "gemm needs an int8 matrix with its row sums or an "
+                        "int4 one with groups of a multiple of 32, and at least one row");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    CkPool *pool = NULL;
+    if (threads > 1 && pthread_mutex_trylock(&qg_pool_lock) == 0) {
+        if (qg_pool.n_threads != threads) {
+            if (qg_pool.n_threads > 0) ck_pool_stop(&qg_pool);
+            ck_pool_start(&qg_pool, threads);
+        }
+        pool = &qg_pool;
+    }
+    rc = qg_gemm(&m, (const float *)(uintptr_t)x, T, (float *)(uintptr_t)y,
+                 (const int32_t *)(uintptr_t)wsum, pool);
+    if (pool) pthread_mutex_unlock(&qg_pool_lock);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* rowsum(w address, rows, n, out address): int32 row sums of an int8 [rows, n] matrix. */
+static PyObject *py_rowsum(PyObject *self, PyObject *args) {
+    unsigned long long w, out;
+    int rows, n;
+    if (!PyArg_ParseTuple(args, "KiiK", &w, &rows, &n, &out)) return NULL;
+    if (rows < 0 || n < 0 || n > (1 << 23)) {
+        PyErr_SetString(PyExc_ValueError, "bad shape for rowsum");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    qg_i8_rowsum((const int8_t *)(uintptr_t)w, rows, n, (int32_t *)(uintptr_t)out);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* gemm_level(): what gemm runs now (0 scalar, 1 AVX2, 2 AVX-512 VNNI). */
+static PyObject *py_gemm_level(PyObject *self, PyObject *args) {
+    return PyLong_FromLong(qg_level());
+}
+
 static PyMethodDef methods[] = {
+    {"gemm", py_gemm, METH_VARARGS, "y = x M^T for many rows of x (integer dot products)."},
+    {"rowsum", py_rowsum, METH_VARARGS, "int32 row sums of an int8 matrix."},
+    {"gemm_level", py_gemm_level, METH_NOARGS, "The GEMM's instruction level now."},
     {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},

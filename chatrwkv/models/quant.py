@@ -3,15 +3,15 @@
 `Int8Linear(W)` quantizes a [out, in] weight once at load (symmetric, round to nearest,
 scale = max|row| / 127) and then computes `x @ W.T` for fp32 `x` of shape [in] or [T, in].
 
-The fast path is fbgemm's dynamic int8 linear (`quantized::linear_dynamic`): it quantizes the
-activation on the fly (one asymmetric 8-bit scale per call: per token in decode) and multiplies
-with VNNI/AVX2 integer dot products. On the 2-core development machine it streamed the weights
-about 3x faster than fp32 `x @ W` and 3x faster than `torch._weight_int8pack_mm` (measured, one
-thread: 60 vs 19 vs 21 GB/s fp32-equivalent). Where torch has no fbgemm (ARM builds), the slow
-path multiplies by the dequantized weight. `reference` is the plain weight-only twin:
-fp32 activations times the dequantized weight, against which tests bound the fast path.
-One-token steps in C (v4, v7) read the plain int8 rows instead (`keep_rows`), with fp32
-activations: exactly `reference`, at ~2.5x fbgemm's per-token speed (no per-call quantization).
+Where the C extension is built, one copy of the int8 rows serves everything: one token runs
+_cpukern.h's matrix-vector kernel (fp32 activations: exactly `reference`), more rows the
+integer GEMM of _qgemm.h (each token's activations rounded to int8 with one scale, VNNI dot
+products). One-token steps in C (v4, v7) read the same rows (`keep_rows`). Without the
+extension, fbgemm's dynamic int8 linear (`quantized::linear_dynamic`, on its own packed copy
+of the weight: the plain rows are dropped unless `keep_rows`) where torch has it, and the
+slow path multiplies by the dequantized weight elsewhere (ARM builds). `reference` is the
+plain weight-only twin: fp32 activations times the dequantized weight, against which tests
+bound the fast paths.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+try:
+    from . import _quantcpu
+except ImportError:  # built without a C compiler: the torch twins run
+    _quantcpu = None
+
+CK_INT8 = 2  # _cpukern.h's CK_I8
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
@@ -49,6 +55,16 @@ def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | N
 
 def fbgemm_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def c_gemm(desc: tuple[int, ...], x: torch.Tensor, n_out: int,
+           wsum: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 [T, in] x times a described int8/int4 matrix through _qgemm.h: [T, out]."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], n_out)
+    _quantcpu.gemm(desc, x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads(),
+                   0 if wsum is None else wsum.data_ptr())
+    return y
 
 
 class Int8Linear:
@@ -89,7 +105,11 @@ class Int8Linear:
                keep_rows: bool) -> None:
         self.q, self.scale = q, scale
         self._packed = None
-        if fbgemm_available() if use_fbgemm is None else use_fbgemm:
+        self._wsum: torch.Tensor | None = None  # int32 row sums for the C GEMM, on first use
+        # The C kernels read the plain rows: no second copy. `use_fbgemm=True` insists on fbgemm
+        # (comparisons); without the extension it is the fast path where torch has it.
+        self.use_c = _quantcpu is not None and not use_fbgemm
+        if not self.use_c and (fbgemm_available() if use_fbgemm is None else use_fbgemm):
             zero = torch.zeros(self.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # quantized tensors are deprecated, not yet gone
                 warnings.simplefilter("ignore")
@@ -115,10 +135,27 @@ class Int8Linear:
         """The fp32 [out, in] weight this object stands for."""
         return self.int8_weight().float() * self.scale.unsqueeze(1)
 
+    def describe(self) -> tuple[int, int, int, int, int]:
+        """(address, scale address, dtype code, out, in) for the C kernels."""
+        if self.q is None or not (self.q.is_contiguous() and self.scale.is_contiguous()):
+            raise ValueError("int8 rows must be kept and contiguous")
+        return (self.q.data_ptr(), self.scale.data_ptr(), CK_INT8, *self.shape)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        n_out = self.shape[0]
+        if self.use_c:
+            if rows.shape[0] == 1:  # fp32 activations: exactly `reference`
+                xv = rows[0].contiguous()
+                y = torch.empty(n_out)
+                _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr())
+                return y.view(*x.shape[:-1], n_out)
+            if self._wsum is None:
+                self._wsum = torch.empty(n_out, dtype=torch.int32)
+                _quantcpu.rowsum(self.q.data_ptr(), n_out, self.shape[1], self._wsum.data_ptr())
+            return c_gemm(self.describe(), rows, n_out, self._wsum).view(*x.shape[:-1], n_out)
         if self._packed is None:
             return self.reference(x)
-        rows = x.reshape(-1, x.shape[-1]).float()
         if rows.shape[0] == 1:
             # reduce_range=False: VNNI has no 16-bit overflow in its dot products: all 8 bits.
             y = torch.ops.quantized.linear_dynamic(rows, self._packed, False)
@@ -127,7 +164,7 @@ class Int8Linear:
             # first (and back after: the product is linear) gives each token its own range.
             norm = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
             y = torch.ops.quantized.linear_dynamic(rows / norm, self._packed, False).mul_(norm)
-        return y.view(*x.shape[:-1], self.shape[0])
+        return y.view(*x.shape[:-1], n_out)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The slow twin: fp32 activations times the dequantized weight."""
@@ -152,10 +189,6 @@ class Int8Linear:
 # by shifting the whole register by 4 bits at a time (the lookup ignores the upper bits); a
 # partial last block is padded with code 8 (weight 0). Rows start on 64-byte boundaries.
 
-try:
-    from . import _quantcpu
-except ImportError:  # built without a C compiler: the torch twins run
-    _quantcpu = None
 
 INT4_BLOCK = 128
 INT4_GROUP = 32  # 4.5 bits a weight with its fp16 scale, as llama.cpp's Q4_0
@@ -258,6 +291,12 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, n_in: int,
 
 
 CK_INT4 = 3  # _cpukern.h's CK_I4
+
+
+def qgemm_group_ok(group: int) -> bool:
+    """Whether _qgemm.h's int4 GEMM takes this group size (a multiple of 32)."""
+    return group >= 32 and group % 32 == 0
+
 DEQUANT_BLOCK_ELEMS = 1 << 21  # weights per dequantized block in the sequence path (4 MiB bf16)
 
 
@@ -274,10 +313,11 @@ class Int4Linear:
     """A [out, in] weight held as packed int4 + fp16 group scales; `self(x)` is `x @ W.T`.
 
     One token (x of one row) runs the C matrix-vector kernel (fp32 activations, the weights
-    exactly as `dequantize` gives them); more rows dequantize blocks of rows to bf16 where the
-    CPU multiplies bf16 natively (activations rounded to bf16, fp32 accumulation, as the bf16
-    sequence path) and to fp32 elsewhere, and multiply each block with torch's GEMM. Without
-    the C extension everything runs through `dequantize` (the torch twin)."""
+    exactly as `dequantize` gives them); more rows run the C integer GEMM on the same packed
+    rows (_qgemm.h: each token's activations rounded to int8 with one scale). Groups the GEMM
+    does not take (not a multiple of 32) dequantize blocks of rows to bf16 where the CPU
+    multiplies bf16 natively (fp32 elsewhere) for torch's GEMM. Without the C extension
+    everything runs through `dequantize` (the torch twin)."""
 
     def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP,
                  packed_out: torch.Tensor | None = None,
@@ -341,6 +381,8 @@ class Int4Linear:
             y = torch.empty(n_out)
             _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr())
             return y.view(*x.shape[:-1], n_out)
+        if self.use_c and qgemm_group_ok(self.group):  # integer GEMM on the same rows
+            return c_gemm(self.describe(), rows, n_out).view(*x.shape[:-1], n_out)
         # one token keeps fp32 activations (the C kernel's result, slower); many go to bf16
         dtype = torch.bfloat16 if native_bf16() and rows.shape[0] > 1 else torch.float32
         xs = rows.to(dtype)

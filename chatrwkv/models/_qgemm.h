@@ -1,0 +1,658 @@
+/* Many tokens times an int8 or int4 matrix (the sequence path: prefill) with integer dot
+ * products, reading the same rows the one-token kernels of _cpukern.h read: int8 [out, in] with
+ * an fp32 scale per row, or the packed int4 rows of quant.py (blocks of 128 weights in 64 bytes,
+ * nibble j of 32-bit word i = weight 16 j + i; an fp16 scale per group). No second copy of the
+ * weights (fbgemm kept its own packed one: twice the int8 memory).
+ *
+ * Activations: each token's row is rounded to int8 with one scale, max|x| / 127 (symmetric,
+ * round to nearest even), once per product; then y[t, r] = s_x[t] * (integer dot of row r) *
+ * the weight scales. Levels, chosen at run time (qg_level, below _cpukern.h's ck_isa):
+ *
+ *  - VNNI (AVX-512 VNNI): vpdpbusd multiplies unsigned by signed bytes, 64 a step. int8: the
+ *    activations go unsigned (+128) and 128 * rowsum(w) comes off (`wsum`, the caller's).
+ *    int4: the 4-bit codes u (0..15) are the unsigned side and the activations the signed one;
+ *    (u - 8) x = u x - 8 x, so each block starts from -8 * (sum of its activations), per lane.
+ *    A 64-byte block splits into low and high nibbles (a byte of word i holds weights 32 b + i
+ *    and 32 b + 16 + i); one in-lane byte shuffle (a 4x4 transpose in each 128-bit lane) puts in
+ *    dword b of every lane 4 weights of group b of the block, so the 32-bit sums never mix two
+ *    groups (with groups of a multiple of 32) and each block's sums are converted and scaled by
+ *    [d0 d1 d2 d3] broadcast over the lanes. The activations are stored in the same permuted
+ *    order, once per product.
+ *  - AVX2: int8 widens both sides to 16 bits (vpmaddwd: no saturation); int4 uses vpmaddubsw
+ *    (15 * 127 * 2 fits 16 bits) then vpmaddwd with ones, on the same permuted layout.
+ *  - scalar: the twin, in plain order. Every level computes the same integers; int8 results
+ *    are bit-identical across levels, int4 ones differ only in the order of fp32 sums.
+ *
+ * Blocking: a chunk is (rows_per_chunk rows) x (QG_TOK_CHUNK tokens), the pool's unit of work;
+ * inside, tiles of up to 4 rows x 4 (int8) or 3 (int4) tokens run over the whole input, so a
+ * tile's weights stay in L1 while the chunk's activations (64 tokens x in) stay in L2.
+ */
+#ifndef CHATRWKV_QGEMM_H
+#define CHATRWKV_QGEMM_H
+
+enum { QG_SCALAR = 0, QG_AVX2 = 1, QG_VNNI = 2 };
+
+#define QG_TOK_CHUNK 64  /* int8; int4 takes 63, a multiple of its tile */
+#define QG_ROWS 4     /* rows of a tile */
+#define QG_I8_TOKS 4  /* tokens of an int8 tile */
+#define QG_I4_TOKS 3  /* tokens of an int4 tile (registers: 4 x 3 fp32 sums + 8 unpacked) */
+
+/* The level that runs: below the kernels' ck_isa (set_simd lowers both), VNNI only with it. */
+static int qg_level(void) {
+#if CK_X86
+    if (ck_isa >= CK_ISA_AVX512 && __builtin_cpu_supports("avx512vnni")) return QG_VNNI;
+    if (ck_isa >= CK_ISA_AVX2) return QG_AVX2;
+#endif
+    return QG_SCALAR;
+}
+
+/* Whether the int4 product handles this group size (blocks' 32-bit lanes within one group). */
+static inline int qg_i4_group_ok(int group) { return group >= 32 && group % 32 == 0; }
+
+/* The quantized activations of one product. Layouts by level and dtype:
+ *   int8 VNNI: uint8 [T, kp] = x_q + 128 (kp = in rounded up to 64; the padding is never read
+ *              against a weight: the last step masks the weight load)
+ *   int8 AVX2: int16 [T, kp] (kp = in)
+ *   int8 scalar: int8 [T, kp] (kp = in)
+ *   int4 SIMD: int8 [T, nb * 128] in the permuted block order above (zero padded), and
+ *              corr int32 [T, nb, 16]
+ *   int4 scalar: int8 [T, nb * 128] in plain order (zero padded) */
+typedef struct {
+    int level, dtype, T, in, kp, nb;
+    float *sx;        /* [T]: x ~ x_q * sx */
+    void *xq;
+    int32_t *corr;
+    size_t row_bytes; /* bytes of one token's xq */
+} QgActs;
+
+/* ---- activation quantization (the same numbers at every level) ---------------------------- */
+
+static float qg_amax_scalar(const float *x, int n) {
+    float m = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+static void qg_round_scalar(const float *x, int n, float inv, int8_t *q) {
+    for (int i = 0; i < n; i++) q[i] = (int8_t)nearbyintf(x[i] * inv);
+}
+
+#if CK_X86
+CK_AVX512 static float qg_amax_avx512(const float *x, int n) {
+    __m512 m = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    float r = _mm512_reduce_max_ps(m);
+    for (; i < n; i++) r = fabsf(x[i]) > r ? fabsf(x[i]) : r;
+    return r;
+}
+
+/* cvtps_epi32 rounds to nearest even under the default rounding mode, as nearbyintf. */
+CK_AVX512 static void qg_round_avx512(const float *x, int n, float inv, int8_t *q) {
+    __m512 vi = _mm512_set1_ps(inv);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vi));
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtsepi32_epi8(v));
+    }
+    for (; i < n; i++) q[i] = (int8_t)nearbyintf(x[i] * inv);
+}
+
+CK_AVX2 static float qg_amax_avx2(const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    float t[8], r = 0;
+    _mm256_storeu_ps(t, m);
+    for (int k = 0; k < 8; k++) r = t[k] > r ? t[k] : r;
+    for (; i < n; i++) r = fabsf(x[i]) > r ? fabsf(x[i]) : r;
+    return r;
+}
+
+CK_AVX2 static void qg_round_avx2(const float *x, int n, float inv, int8_t *q) {
+    __m256 vi = _mm256_set1_ps(inv);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64((__m128i *)(q + i), _mm_packs_epi16(w, w));
+    }
+    for (; i < n; i++) q[i] = (int8_t)nearbyintf(x[i] * inv);
+}
+#endif
+
+/* Token t of x [T, in] into the level's layout; `tmp`: in bytes of scratch. */
+static void qg_prep_token(QgActs *a, const float *x, int t, int8_t *tmp) {
+    const float *xr = x + (size_t)t * a->in;
+    int n = a->in;
+    float amax;
+#if CK_X86
+    if (a->level >= QG_VNNI) amax = qg_amax_avx512(xr, n);
+    else if (a->level >= QG_AVX2) amax = qg_amax_avx2(xr, n);
+    else
+#endif
+        amax = qg_amax_scalar(xr, n);
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    a->sx[t] = amax > 0 ? amax / 127.0f : 0.0f;
+    int8_t *q = a->dtype == CK_I8 && a->level == QG_SCALAR
+                    ? (int8_t *)a->xq + (size_t)t * a->row_bytes : tmp;
+#if CK_X86
+    if (a->level >= QG_VNNI) qg_round_avx512(xr, n, inv, q);
+    else if (a->level >= QG_AVX2) qg_round_avx2(xr, n, inv, q);
+    else
+#endif
+        qg_round_scalar(xr, n, inv, q);
+    if (a->dtype == CK_I8) {
+        if (a->level == QG_VNNI) {
+            uint8_t *u = (uint8_t *)a->xq + (size_t)t * a->row_bytes;
+            for (int i = 0; i < n; i++) u[i] = (uint8_t)(q[i] + 128);
+            memset(u + n, 128, a->kp - n);
+        } else if (a->level == QG_AVX2) {
+            int16_t *s = (int16_t *)a->xq + (size_t)t * a->kp;
+            for (int i = 0; i < n; i++) s[i] = q[i];
+        }
+        return;
+    }
+    int8_t *o = (int8_t *)a->xq + (size_t)t * a->row_bytes;
+    if (a->level == QG_SCALAR) {
+        memcpy(o, q, n);
+        memset(o + n, 0, a->row_bytes - n);
+        return;
+    }
+    int32_t *corr = a->corr + (size_t)t * a->nb * 16;
+    for (int b = 0; b < a->nb; b++) {
+        int8_t *ob = o + (size_t)b * 128;
+        for (int c = 0; c < 4; c++)
+            for (int g = 0; g < 4; g++) {
+                int sum = 0;
+                for (int m = 0; m < 4; m++) {
+                    int el = b * 128 + 32 * g + 4 * c + m, eh = el + 16;
+                    int8_t vl = el < n ? q[el] : 0, vh = eh < n ? q[eh] : 0;
+                    ob[c * 16 + 4 * g + m] = vl;
+                    ob[64 + c * 16 + 4 * g + m] = vh;
+                    sum += vl + vh;
+                }
+                corr[b * 16 + 4 * c + g] = -8 * sum;
+            }
+    }
+}
+
+/* ---- int8 tiles: rows [r0, r0 + R) x tokens [t0, t0 + TT) -> y [T, out] ------------------ */
+
+static inline void qg_i8_store(const CkMat *m, const QgActs *a, const int32_t *wsum, float *y,
+                               int r, int t, int32_t acc) {
+    if (wsum) acc -= 128 * wsum[r];
+    y[(size_t)t * m->out + r] = a->sx[t] * m->scale[r] * (float)acc;
+}
+
+static void qg_i8_tile_scalar(const CkMat *m, const QgActs *a, float *y, int r0, int R, int t0,
+                              int TT) {
+    int n = m->in;
+    for (int i = 0; i < R; i++) {
+        const int8_t *w = (const int8_t *)m->w + (size_t)(r0 + i) * n;
+        for (int j = 0; j < TT; j++) {
+            const int8_t *x = (const int8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes;
+            int32_t acc = 0;
+            for (int k = 0; k < n; k++) acc += (int32_t)w[k] * x[k];
+            qg_i8_store(m, a, NULL, y, r0 + i, t0 + j, acc);
+        }
+    }
+}
+
+#if CK_X86
+#define CK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+CK_AVX512 static inline int32_t qg_hsum512(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+CK_AVX2 static inline int32_t qg_hsum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* R x TT int8 tile (R <= 4, TT <= 4: compile-time constants where it is inlined). */
+__attribute__((always_inline)) CK_VNNI static inline void qg_i8_vnni_body(
+    const CkMat *m, const QgActs *a, const int32_t *wsum, float *y, int r0, const int R, int t0,
+    const int TT) {
+    int n = m->in, full = n / 64 * 64;
+    const int8_t *w[QG_ROWS];
+    const uint8_t *x[QG_I8_TOKS];
+    __m512i acc[QG_ROWS][QG_I8_TOKS];
+    for (int i = 0; i < R; i++) w[i] = (const int8_t *)m->w + (size_t)(r0 + i) * n;
+    for (int j = 0; j < TT; j++) x[j] = (const uint8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_si512();
+    for (int k = 0; k < full; k += 64) {
+        __m512i wv[QG_ROWS];
+        for (int i = 0; i < R; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + k));
+        for (int j = 0; j < TT; j++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + k));
+            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
+        }
+    }
+    if (full < n) {  /* the last partial step: masked weights (nothing read past the row) */
+        __mmask64 mk = _cvtu64_mask64(~0ULL >> (64 - (n - full)));
+        __m512i wv[QG_ROWS];
+        for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_epi8(mk, w[i] + full);
+        for (int j = 0; j < TT; j++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + full));
+            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++)
+            qg_i8_store(m, a, wsum, y, r0 + i, t0 + j, qg_hsum512(acc[i][j]));
+}
+
+CK_VNNI static void qg_i8_tile_vnni(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                                    float *y, int r0, int R, int t0, int TT) {
+    if (R == QG_ROWS && TT == QG_I8_TOKS) {
+        qg_i8_vnni_body(m, a, wsum, y, r0, QG_ROWS, t0, QG_I8_TOKS);
+        return;
+    }
+    for (int i = 0; i < R; i++)  /* edges: one row at a time */
+        for (int j = 0; j < TT; j++) qg_i8_vnni_body(m, a, wsum, y, r0 + i, 1, t0 + j, 1);
+}
+
+__attribute__((always_inline)) CK_AVX2 static inline void qg_i8_avx2_body(
+    const CkMat *m, const QgActs *a, float *y, int r0, const int R, int t0, const int TT) {
+    int n = m->in, full = n / 16 * 16;
+    const int8_t *w[QG_ROWS];
+    const int16_t *x[QG_I8_TOKS];
+    __m256i acc[QG_ROWS][QG_I8_TOKS];
+    for (int i = 0; i < R; i++) w[i] = (const int8_t *)m->w + (size_t)(r0 + i) * n;
+    for (int j = 0; j < TT; j++) x[j] = (const int16_t *)a->xq + (size_t)(t0 + j) * a->kp;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_si256();
+    for (int k = 0; k < full; k += 16) {
+        __m256i wv[QG_ROWS];
+        for (int i = 0; i < R; i++)
+            wv[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[i] + k)));
+        for (int j = 0; j < TT; j++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x[j] + k));
+            for (int i = 0; i < R; i++)
+                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[i]));
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) {
+            int32_t s = qg_hsum256(acc[i][j]);
+            for (int k = full; k < n; k++) s += (int32_t)w[i][k] * x[j][k];
+            qg_i8_store(m, a, NULL, y, r0 + i, t0 + j, s);
+        }
+}
+
+CK_AVX2 static void qg_i8_tile_avx2(const CkMat *m, const QgActs *a, float *y, int r0, int R,
+                                    int t0, int TT) {
+    if (R == QG_ROWS && TT == QG_I8_TOKS) {
+        qg_i8_avx2_body(m, a, y, r0, QG_ROWS, t0, QG_I8_TOKS);
+        return;
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) qg_i8_avx2_body(m, a, y, r0 + i, 1, t0 + j, 1);
+}
+#endif
+
+/* ---- int4 tiles ------------------------------------------------------------------------------ */
+
+#if CK_X86
+/* The 4 scales of block b's 32-weight quarters (padding past the last group: the last scale;
+ * its weights and activations are zero), through the hardware's fp16 conversion (exact, as
+ * ck_f16_to_f32) and no library call: a call in the tiles' loop made gcc keep the tile's sums
+ * in memory (1.8x slower). */
+CK_AVX2 static inline __m128 qg_i4_block_scales_f16c(const uint16_t *gs, int group, int ng,
+                                                      int b) {
+    int g[4];
+    for (int q = 0; q < 4; q++) {
+        g[q] = (b * 128 + 32 * q) / group;
+        g[q] = g[q] < ng ? g[q] : ng - 1;
+    }
+    return _mm_cvtph_ps(_mm_setr_epi16((short)gs[g[0]], (short)gs[g[1]], (short)gs[g[2]],
+                                       (short)gs[g[3]], 0, 0, 0, 0));
+}
+#endif
+
+static void qg_i4_tile_scalar(const CkMat *m, const QgActs *a, float *y, int r0, int R, int t0,
+                              int TT) {
+    int n = m->in, ng = ck_i4_groups(n, m->group);
+    for (int i = 0; i < R; i++) {
+        int r = r0 + i;
+        const uint8_t *w = (const uint8_t *)m->w + (size_t)r * ck_i4_row_bytes(n);
+        const uint16_t *gs = m->gscale + (size_t)r * ng;
+        for (int j = 0; j < TT; j++) {
+            const int8_t *x = (const int8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes;
+            float s = 0;
+            for (int g = 0; g < ng; g++) {
+                int e1 = (g + 1) * m->group < n ? (g + 1) * m->group : n, acc = 0;
+                for (int e = g * m->group; e < e1; e++) acc += (ck_i4_code(w, e) - 8) * x[e];
+                s += ck_f16_to_f32(gs[g]) * (float)acc;
+            }
+            y[(size_t)(t0 + j) * m->out + r] = a->sx[t0 + j] * s;
+        }
+    }
+}
+
+#if CK_X86
+__attribute__((always_inline)) CK_VNNI static inline void qg_i4_vnni_body(
+    const CkMat *m, const QgActs *a, float *y, int r0, const int R, int t0, const int TT) {
+    int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
+    size_t rb = ck_i4_row_bytes(n);
+    const __m512i low = _mm512_set1_epi8(15);
+    const __m512i tr = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    __m512 f[QG_ROWS][QG_I4_TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) f[i][j] = _mm512_setzero_ps();
+    int fast_scales = m->group == 32;
+    for (int b = 0; b < nb; b++) {
+        __m512i lo[QG_ROWS], hi[QG_ROWS];
+        __m512 d[QG_ROWS];
+        for (int i = 0; i < R; i++) {
+            int r = r0 + i;
+            __m512i q = _mm512_loadu_si512((const void *)((const uint8_t *)m->w + r * rb +
+                                                          (size_t)b * 64));
+            lo[i] = _mm512_shuffle_epi8(_mm512_and_si512(q, low), tr);
+            hi[i] = _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), low), tr);
+            const uint16_t *gs = m->gscale + (size_t)r * ng;
+            if (fast_scales && 4 * b + 3 < ng) {
+                __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(gs + 4 * b)));
+                d[i] = _mm512_broadcast_f32x4(d4);
+            } else {
+                d[i] = _mm512_broadcast_f32x4(qg_i4_block_scales_f16c(gs, m->group, ng, b));
+            }
+        }
+        for (int j = 0; j < TT; j++) {
+            const int8_t *x = (const int8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes +
+                              (size_t)b * 128;
+            __m512i xl = _mm512_loadu_si512((const void *)x);
+            __m512i xh = _mm512_loadu_si512((const void *)(x + 64));
+            __m512i c = _mm512_loadu_si512(
+                (const void *)(a->corr + ((size_t)(t0 + j) * nb + b) * 16));
+            for (int i = 0; i < R; i++) {
+                __m512i s = _mm512_dpbusd_epi32(c, lo[i], xl);
+                s = _mm512_dpbusd_epi32(s, hi[i], xh);
+                f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d[i], f[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++)
+            y[(size_t)(t0 + j) * m->out + r0 + i] = a->sx[t0 + j] * _mm512_reduce_add_ps(f[i][j]);
+}
+
+/* The main tile spelled out (4 rows x 3 tokens: 12 sums + 8 unpacked vectors + 4 scale
+ * vectors in registers; with arrays gcc kept them on the stack, 7x slower). */
+#define QG_I4_UNPACK(i)                                                                       \
+    do {                                                                                      \
+        int r_ = r0 + (i);                                                                    \
+        __m512i q_ = _mm512_loadu_si512((const void *)(w0 + (size_t)r_ * rb + (size_t)b * 64)); \
+        lo##i = _mm512_shuffle_epi8(_mm512_and_si512(q_, low), tr);                          \
+        hi##i = _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q_, 4), low), tr);    \
+        const uint16_t *gs_ = m->gscale + (size_t)r_ * ng;                                    \
+        if (fast) {                                                                           \
+            d##i = _mm512_broadcast_f32x4(                                                    \
+                _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(gs_ + 4 * b))));              \
+        } else {                                                                              \
+            d##i = _mm512_broadcast_f32x4(qg_i4_block_scales_f16c(gs_, m->group, ng, b));     \
+        }                                                                                     \
+    } while (0)
+#define QG_I4_STEP(i, j)                                                                      \
+    f##i##j = _mm512_fmadd_ps(                                                                \
+        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo##i, xl), hi##i, xh)), \
+        d##i, f##i##j)
+#define QG_I4_TOKEN(j)                                                                        \
+    do {                                                                                      \
+        const int8_t *x_ = xq + (size_t)(t0 + (j)) * a->row_bytes + (size_t)b * 128;         \
+        __m512i xl = _mm512_loadu_si512((const void *)x_);                                    \
+        __m512i xh = _mm512_loadu_si512((const void *)(x_ + 64));                             \
+        __m512i c = _mm512_loadu_si512((const void *)(a->corr + ((size_t)(t0 + (j)) * nb + b) * 16)); \
+        QG_I4_STEP(0, j);                                                                     \
+        QG_I4_STEP(1, j);                                                                     \
+        QG_I4_STEP(2, j);                                                                     \
+        QG_I4_STEP(3, j);                                                                     \
+    } while (0)
+
+CK_VNNI static void qg_i4_vnni_4x3(const CkMat *m, const QgActs *a, float *y, int r0, int t0) {
+    int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
+    size_t rb = ck_i4_row_bytes(n);
+    const uint8_t *w0 = (const uint8_t *)m->w;
+    const int8_t *xq = (const int8_t *)a->xq;
+    const __m512i low = _mm512_set1_epi8(15);
+    const __m512i tr = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    __m512 f00 = _mm512_setzero_ps(), f01 = f00, f02 = f00, f10 = f00, f11 = f00, f12 = f00;
+    __m512 f20 = f00, f21 = f00, f22 = f00, f30 = f00, f31 = f00, f32 = f00;
+    for (int b = 0; b < nb; b++) {
+        int fast = m->group == 32 && 4 * b + 3 < ng;
+        __m512i lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3;
+        __m512 d0, d1, d2, d3;
+        QG_I4_UNPACK(0);
+        QG_I4_UNPACK(1);
+        QG_I4_UNPACK(2);
+        QG_I4_UNPACK(3);
+        QG_I4_TOKEN(0);
+        QG_I4_TOKEN(1);
+        QG_I4_TOKEN(2);
+    }
+    float *yt = y + (size_t)t0 * m->out + r0;
+    size_t ld = m->out;
+    float s0 = a->sx[t0], s1 = a->sx[t0 + 1], s2 = a->sx[t0 + 2];
+    yt[0] = s0 * _mm512_reduce_add_ps(f00);
+    yt[1] = s0 * _mm512_reduce_add_ps(f10);
+    yt[2] = s0 * _mm512_reduce_add_ps(f20);
+    yt[3] = s0 * _mm512_reduce_add_ps(f30);
+    yt[ld] = s1 * _mm512_reduce_add_ps(f01);
+    yt[ld + 1] = s1 * _mm512_reduce_add_ps(f11);
+    yt[ld + 2] = s1 * _mm512_reduce_add_ps(f21);
+    yt[ld + 3] = s1 * _mm512_reduce_add_ps(f31);
+    yt[2 * ld] = s2 * _mm512_reduce_add_ps(f02);
+    yt[2 * ld + 1] = s2 * _mm512_reduce_add_ps(f12);
+    yt[2 * ld + 2] = s2 * _mm512_reduce_add_ps(f22);
+    yt[2 * ld + 3] = s2 * _mm512_reduce_add_ps(f32);
+}
+
+CK_VNNI static void qg_i4_tile_vnni(const CkMat *m, const QgActs *a, float *y, int r0, int R,
+                                    int t0, int TT) {
+    if (R == QG_ROWS && TT == QG_I4_TOKS) {
+        qg_i4_vnni_4x3(m, a, y, r0, t0);
+        return;
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) qg_i4_vnni_body(m, a, y, r0 + i, 1, t0 + j, 1);
+}
+
+__attribute__((always_inline)) CK_AVX2 static inline void qg_i4_avx2_body(
+    const CkMat *m, const QgActs *a, float *y, int r0, const int R, int t0, const int TT) {
+    int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
+    size_t rb = ck_i4_row_bytes(n);
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m256 f[QG_ROWS][QG_I4_TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) f[i][j] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m256i lo[QG_ROWS][2], hi[QG_ROWS][2];
+        __m256 d[QG_ROWS];
+        for (int i = 0; i < R; i++) {
+            int r = r0 + i;
+            const uint8_t *p = (const uint8_t *)m->w + r * rb + (size_t)b * 64;
+            for (int h = 0; h < 2; h++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(p + 32 * h));
+                lo[i][h] = _mm256_shuffle_epi8(_mm256_and_si256(q, low), tr);
+                hi[i][h] = _mm256_shuffle_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                                               tr);
+            }
+            const uint16_t *gs = m->gscale + (size_t)r * ng;
+            __m128 v;
+            if (m->group == 32 && 4 * b + 3 < ng) {
+                v = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(gs + 4 * b)));
+            } else {
+                v = qg_i4_block_scales_f16c(gs, m->group, ng, b);
+            }
+            d[i] = _mm256_set_m128(v, v);
+        }
+        for (int j = 0; j < TT; j++) {
+            const int8_t *x = (const int8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes +
+                              (size_t)b * 128;
+            const int32_t *c = a->corr + ((size_t)(t0 + j) * nb + b) * 16;
+            for (int h = 0; h < 2; h++) {
+                __m256i xl = _mm256_loadu_si256((const __m256i *)(x + 32 * h));
+                __m256i xh = _mm256_loadu_si256((const __m256i *)(x + 64 + 32 * h));
+                __m256i cv = _mm256_loadu_si256((const __m256i *)(c + 8 * h));
+                for (int i = 0; i < R; i++) {
+                    __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[i][h], xl),
+                                                   _mm256_maddubs_epi16(hi[i][h], xh));
+                    __m256i s = _mm256_add_epi32(cv, _mm256_madd_epi16(p16, ones));
+                    f[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d[i], f[i][j]);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++)
+            y[(size_t)(t0 + j) * m->out + r0 + i] = a->sx[t0 + j] * ck_hsum(f[i][j]);
+}
+
+CK_AVX2 static void qg_i4_tile_avx2(const CkMat *m, const QgActs *a, float *y, int r0, int R,
+                                    int t0, int TT) {
+    if (R == QG_ROWS && TT == QG_I4_TOKS) {
+        qg_i4_avx2_body(m, a, y, r0, QG_ROWS, t0, QG_I4_TOKS);
+        return;
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) qg_i4_avx2_body(m, a, y, r0 + i, 1, t0 + j, 1);
+}
+#endif
+
+/* ---- the product: activations, then chunks of rows x tokens on the pool ------------------- */
+
+typedef struct {
+    const CkMat *m;
+    QgActs *a;
+    const float *x;
+    float *y;
+    const int32_t *wsum;
+    int rows_per_chunk, n_tc;
+} QgJob;
+
+static void qg_run_tile(const QgJob *job, int r0, int R, int t0, int TT) {
+    const QgActs *a = job->a;
+    int i8 = a->dtype == CK_I8;
+#if CK_X86
+    if (a->level == QG_VNNI && i8) qg_i8_tile_vnni(job->m, a, job->wsum, job->y, r0, R, t0, TT);
+    else if (a->level == QG_VNNI) qg_i4_tile_vnni(job->m, a, job->y, r0, R, t0, TT);
+    else if (a->level == QG_AVX2 && i8) qg_i8_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
+    else if (a->level == QG_AVX2) qg_i4_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
+    else
+#endif
+    if (i8) qg_i8_tile_scalar(job->m, a, job->y, r0, R, t0, TT);
+    else qg_i4_tile_scalar(job->m, a, job->y, r0, R, t0, TT);
+}
+
+static inline int qg_tok_chunk(int dtype) {
+    return dtype == CK_I8 ? QG_TOK_CHUNK : QG_TOK_CHUNK / QG_I4_TOKS * QG_I4_TOKS;
+}
+
+static void qg_chunk(const CkPhase *ph, int chunk) {
+    const QgJob *job = (const QgJob *)ph->ctx;
+    int rc = chunk / job->n_tc, tc = chunk % job->n_tc;
+    int r_begin = rc * job->rows_per_chunk, r_end = r_begin + job->rows_per_chunk;
+    int tok_chunk = qg_tok_chunk(job->a->dtype);
+    int t_begin = tc * tok_chunk, t_end = t_begin + tok_chunk;
+    if (r_end > job->m->out) r_end = job->m->out;
+    if (t_end > job->a->T) t_end = job->a->T;
+    int toks = job->a->dtype == CK_I8 ? QG_I8_TOKS : QG_I4_TOKS;
+    for (int r = r_begin; r < r_end; r += QG_ROWS) {
+        int R = r_end - r < QG_ROWS ? r_end - r : QG_ROWS;
+        for (int t = t_begin; t < t_end; t += toks)
+            qg_run_tile(job, r, R, t, t_end - t < toks ? t_end - t : toks);
+    }
+}
+
+/* Activation preparation as a phase: chunk = a run of tokens (its own scratch row). */
+#define QG_PREP_TOKS 16
+
+static void qg_prep_chunk(const CkPhase *ph, int chunk) {
+    const QgJob *job = (const QgJob *)ph->ctx;
+    int8_t *tmp = malloc((size_t)job->a->in + 64);
+    if (!tmp) abort();
+    int t1 = (chunk + 1) * QG_PREP_TOKS;
+    if (t1 > job->a->T) t1 = job->a->T;
+    for (int t = chunk * QG_PREP_TOKS; t < t1; t++) qg_prep_token(job->a, job->x, t, tmp);
+    free(tmp);
+}
+
+/* y [T, out] = x [T, in] M^T for an int8 or int4 matrix (int4: qg_i4_group_ok(group)), on
+ * `pool` (NULL: the calling thread). wsum: int32 [out] row sums of an int8 matrix (used by
+ * the VNNI level only). Returns 0, or -1 when out of memory. */
+static int qg_gemm(const CkMat *m, const float *x, int T, float *y, const int32_t *wsum,
+                   CkPool *pool) {
+    QgActs a;
+    memset(&a, 0, sizeof a);
+    a.level = qg_level();
+    a.dtype = m->dtype;
+    a.T = T;
+    a.in = m->in;
+    a.nb = (m->in + 127) / 128;
+    size_t elem = 1;
+    if (m->dtype == CK_I8) {
+        a.kp = a.level == QG_VNNI ? (m->in + 63) / 64 * 64 : m->in;
+        elem = a.level == QG_AVX2 ? 2 : 1;
+        a.row_bytes = (size_t)a.kp * elem;
+    } else {
+        a.kp = a.nb * 128;
+        a.row_bytes = (size_t)a.kp;
+    }
+    a.sx = malloc(sizeof(float) * (size_t)T);
+    a.xq = aligned_alloc(64, ((size_t)T * a.row_bytes + 63) / 64 * 64 + 64);
+    if (m->dtype == CK_I4 && a.level != QG_SCALAR)
+        a.corr = aligned_alloc(64, (size_t)T * a.nb * 16 * sizeof(int32_t) + 64);
+    int ok = a.sx && a.xq && (m->dtype == CK_I8 || a.level == QG_SCALAR || a.corr);
+    if (ok) {
+        int tok_chunk = qg_tok_chunk(m->dtype);
+        QgJob job = {m, &a, x, y, wsum, 0, (T + tok_chunk - 1) / tok_chunk};
+        /* rows per chunk: a multiple of the tile, ~4 chunks a thread at least */
+        int threads = pool ? pool->n_threads : 1;
+        int rpc = m->out * job.n_tc / (8 * threads);
+        rpc = rpc < QG_ROWS ? QG_ROWS : rpc > 64 ? 64 : rpc / QG_ROWS * QG_ROWS;
+        job.rows_per_chunk = rpc;
+        int n_rc = (m->out + rpc - 1) / rpc, n_prep = (T + QG_PREP_TOKS - 1) / QG_PREP_TOKS;
+        if (pool) {
+            pool->phase.fn = qg_prep_chunk;
+            pool->phase.ctx = &job;
+            ck_run_phase(pool, n_prep);
+            pool->phase.fn = qg_chunk;
+            ck_run_phase(pool, n_rc * job.n_tc);
+        } else {
+            CkPhase ph;
+            memset(&ph, 0, sizeof ph);
+            ph.fn = qg_prep_chunk;
+            ph.ctx = &job;
+            for (int c = 0; c < n_prep; c++) qg_prep_chunk(&ph, c);
+            ph.fn = qg_chunk;
+            for (int c = 0; c < n_rc * job.n_tc; c++) qg_chunk(&ph, c);
+        }
+    }
+    free(a.sx);
+    free(a.xq);
+    free(a.corr);
+    return ok ? 0 : -1;
+}
+
+/* Row sums of an int8 matrix [rows, n] (the VNNI level's correction). */
+static void qg_i8_rowsum(const int8_t *w, int rows, int n, int32_t *out) {
+    for (int r = 0; r < rows; r++) {
+        const int8_t *p = w + (size_t)r * n;
+        int32_t s = 0;
+        for (int k = 0; k < n; k++) s += p[k];
+        out[r] = s;
+    }
+}
+
+#endif /* CHATRWKV_QGEMM_H */
