@@ -4,14 +4,15 @@
 scale = max|row| / 127) and then computes `x @ W.T` for fp32 `x` of shape [in] or [T, in].
 
 Where the C extension is built, one copy of the int8 rows serves everything: one token runs
-_cpukern.h's matrix-vector kernel (fp32 activations: exactly `reference`), more rows the
-integer GEMM of _qgemm.h (each token's activations rounded to int8 with one scale, VNNI dot
-products). One-token steps in C (v4, v7) read the same rows (`keep_rows`). Without the
-extension, fbgemm's dynamic int8 linear (`quantized::linear_dynamic`, on its own packed copy
-of the weight: the plain rows are dropped unless `keep_rows`) where torch has it, and the
-slow path multiplies by the dequantized weight elsewhere (ARM builds). `reference` is the
-plain weight-only twin: fp32 activations times the dequantized weight, against which tests
-bound the fast paths.
+_cpukern.h's matrix-vector kernel (fp32 activations: `reference` up to the order of sums),
+more rows the integer GEMM of _qgemm.h (each token's activations rounded to int8 with one
+scale, VNNI dot products; on the demo model the sequence path's KL from fp32 measured 0.00007,
+as with fbgemm, 0.00006). One-token steps in C (v4, v7) read the same rows (`keep_rows`).
+Without the extension, fbgemm's dynamic int8 linear (`quantized::linear_dynamic`, on its own
+packed copy of the weight: the plain rows are dropped unless `keep_rows`) where torch has it,
+and elsewhere (ARM builds) the product by the dequantized weight. `reference` is the plain
+weight-only twin: fp32 activations times the dequantized weight, against which tests bound
+the fast paths.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class Int8Linear:
         rows = x.reshape(-1, x.shape[-1]).float()
         n_out = self.shape[0]
         if self.use_c:
-            if rows.shape[0] == 1:  # fp32 activations: exactly `reference`
+            if rows.shape[0] == 1:  # fp32 activations, as `reference`
                 xv = rows[0].contiguous()
                 y = torch.empty(n_out)
                 _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr())
