@@ -11,11 +11,12 @@
 #include "_cpubind.h"
 #include "_qgemm.h"
 
-/* The GEMM's pool: started on first use with the caller's thread count (restarted when it
- * changes); one product at a time uses it, a concurrent caller runs on its own thread. */
-static CkPool qg_pool;
-static pthread_mutex_t qg_pool_lock = PTHREAD_MUTEX_INITIALIZER;
-
+/* The GEMM's threads live for one product: started, run, joined (~15 us measured, next to
+ * products of milliseconds). A pool kept between products would spin on its cores while torch
+ * runs the operations between them on its own threads (the two-core machine has no core to
+ * spare). Products under QG_MIN_PARALLEL_MACS multiply-adds (~50 us on one core) stay on the
+ * calling thread. */
+#define QG_MIN_PARALLEL_MACS (1 << 24)
 /* gemv(matrix, x address, y address): y = M x, fp32 [in] -> fp32 [out]. */
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
     PyObject *mat;
@@ -85,16 +86,18 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     CkPool *pool = NULL;
-    if (threads > 1 && pthread_mutex_trylock(&qg_pool_lock) == 0) {
-        if (qg_pool.n_threads != threads) {
-            if (qg_pool.n_threads > 0) ck_pool_stop(&qg_pool);
-            ck_pool_start(&qg_pool, threads);
-        }
-        pool = &qg_pool;
+    if (threads > 1 && (double)T * m.out * m.in >= QG_MIN_PARALLEL_MACS &&
+        (pool = malloc(sizeof *pool)) != NULL && ck_pool_start(pool, threads) < 2) {
+        ck_pool_stop(pool);
+        free(pool);
+        pool = NULL;
     }
     rc = qg_gemm(&m, (const float *)(uintptr_t)x, T, (float *)(uintptr_t)y,
                  (const int32_t *)(uintptr_t)wsum, pool);
-    if (pool) pthread_mutex_unlock(&qg_pool_lock);
+    if (pool) {
+        ck_pool_stop(pool);
+        free(pool);
+    }
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
