@@ -116,17 +116,19 @@ def test_gemm_close_to_weight_only_reference_per_token(kind):
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_gemm_same_result_on_one_or_two_threads(kind):
-    w, x = _data(260, 520, 150, seed=3)  # past QG_MIN_PARALLEL_MACS: threads do start
+    """Many tokens past QG_MIN_PARALLEL_MACS and one token times a matrix past
+    QG_MIN_PARALLEL_WEIGHTS (_quantcpu.c): threads do start, and change nothing."""
+    w, x = _data(2900, 2900, 20, seed=3)
     lin = Int8Linear(w) if kind == "int8" else Int4Linear(w)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = lin(x)
+        one, one_row = lin(x), lin(x[0])
         torch.set_num_threads(2)
-        two = lin(x)
+        two, two_row = lin(x), lin(x[0])
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(one, two)
+    assert torch.equal(one, two) and torch.equal(one_row, two_row)
 
 
 def test_int8_keeps_one_copy_and_the_cache_restores_it_without_packing():

@@ -149,7 +149,7 @@ class Int8Linear:
             if rows.shape[0] == 1:  # fp32 activations, as `reference`
                 xv = rows[0].contiguous()
                 y = torch.empty(n_out)
-                _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr())
+                _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr(), torch.get_num_threads())
                 return y.view(*x.shape[:-1], n_out)
             if self._wsum is None:
                 self._wsum = torch.empty(n_out, dtype=torch.int32)
@@ -380,7 +380,7 @@ class Int4Linear:
         if rows.shape[0] == 1 and self.use_c:
             xv = rows[0].contiguous()
             y = torch.empty(n_out)
-            _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr())
+            _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr(), torch.get_num_threads())
             return y.view(*x.shape[:-1], n_out)
         if self.use_c and qgemm_group_ok(self.group):  # integer GEMM on the same rows
             return c_gemm(self.describe(), rows, n_out).view(*x.shape[:-1], n_out)
