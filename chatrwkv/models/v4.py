@@ -199,7 +199,7 @@ class RWKV4(RWKVModel):
         def mat(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
             t = ckpt.expect_shape(key, shape)
             if dtype == "int8":  # no rescaling: int8 runs in fp32 activations (CPU only)
-                # The C step reads the plain int8 rows, the sequence path fbgemm's copy.
+                # The C step and the sequence path read the same int8 rows (quant.py).
                 rows = arena.take(shape, torch.int8) if arena else None
                 out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
             elif dtype == "int4":  # packed rows in the arena, for the C step and prefill alike

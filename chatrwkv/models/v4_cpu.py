@@ -6,7 +6,7 @@ activations, fp16 weights (their residual rescale), or a weight layout it does n
 object holds the weights it points into, so they live as long as it does. `step(token, state)`
 advances a `V4State` in place, as the torch twin `RWKV4._forward_one_torch` does, and returns
 fp32 logits. Activations stay fp32 in C for every weight dtype, where the torch twin rounds them
-to 16 bits for 16-bit weights (and fbgemm to 8 bits for int8 ones).
+to 16 bits for 16-bit weights (int8 weights, one token at a time, keep fp32 activations in both).
 """
 
 from __future__ import annotations

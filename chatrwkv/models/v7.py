@@ -236,7 +236,7 @@ class RWKV7(RWKVModel):
 
         def big(key: str, shape: tuple[int, ...]) -> Matrix:  # [out, in], as stored
             t = ckpt.expect_shape(key, shape)
-            if dtype == "int8":  # the C step reads the plain int8 rows, prefill fbgemm's copy
+            if dtype == "int8":  # the C step and prefill read the same int8 rows
                 rows = arena.take(shape, torch.int8) if arena else None
                 out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
             elif dtype == "int4":  # packed rows in the arena, for the C step and prefill alike
