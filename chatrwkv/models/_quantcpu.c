@@ -1,8 +1,9 @@
 /* int8 and int4 matrices (quant.py's `Int8Linear`, `Int4Linear`) outside a model's C step: one
  * matrix-vector product (a token through any version's torch path, or the head after a prefill)
- * with _cpukern.h's kernels on the calling thread; many tokens at once (the sequence path) with
- * _qgemm.h's integer GEMM on this module's own pool; and the dequantization of a block of int4
- * rows (the fallback for groups that GEMM does not handle).
+ * with _cpukern.h's kernels; many tokens at once (the sequence path) with _qgemm.h's integer
+ * GEMM; both on threads started for the product when it is big. Also the dequantization of a
+ * block of int4 rows (the fallback for groups the GEMM does not take) and the load-time
+ * kernels of _quantprep.h (the int4 quantizer, the NaN/Inf scan).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -10,6 +11,7 @@
 #include "_cpukern.h"
 #include "_cpubind.h"
 #include "_qgemm.h"
+#include "_quantprep.h"
 
 /* The GEMM's threads live for one product: started, run, joined (~15 us measured, next to
  * products of milliseconds). A pool kept between products would spin on its cores while torch
@@ -97,8 +99,8 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    ck_i4_quantize_rows((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
-                        (uint16_t *)(uintptr_t)scales);
+    ck_i4_quantize((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
+                   (uint16_t *)(uintptr_t)scales);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -150,10 +152,27 @@ static PyObject *py_gemm_level(PyObject *self, PyObject *args) {
     return PyLong_FromLong(qg_level());
 }
 
+/* nonfinite(address, count, dtype): whether any of `count` values (dtype 0 fp32, 1 bf16,
+ * 4 fp16) is NaN or infinite. */
+static PyObject *py_nonfinite(PyObject *self, PyObject *args) {
+    unsigned long long p, n;
+    int dtype, hit;
+    if (!PyArg_ParseTuple(args, "KKi", &p, &n, &dtype)) return NULL;
+    if (dtype != CK_F32 && dtype != CK_BF16 && dtype != 4) {
+        PyErr_SetString(PyExc_ValueError, "nonfinite scans fp32, bf16 or fp16");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hit = ck_nonfinite((const void *)(uintptr_t)p, (size_t)n, dtype);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(hit);
+}
+
 static PyMethodDef methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "y = x M^T for many rows of x (integer dot products)."},
     {"rowsum", py_rowsum, METH_VARARGS, "int32 row sums of an int8 matrix."},
     {"gemm_level", py_gemm_level, METH_NOARGS, "The GEMM's instruction level now."},
+    {"nonfinite", py_nonfinite, METH_VARARGS, "Whether a buffer holds NaN or Inf."},
     {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
