@@ -1,7 +1,8 @@
 """The sequence path's integer GEMM (_qgemm.h, through quant.py's Int8Linear / Int4Linear for
 more than one row): against an integer twin in torch (the same per-token int8 activations, the
-same integer dot products), at every instruction level, on odd shapes and tails, and against
-the weight-only reference."""
+same integer dot products), at every instruction level (called directly: models use the scalar
+level's torch fallback instead), on odd shapes and tails, and against the weight-only
+reference."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def _int4_twin(lin: Int4Linear, x: torch.Tensor) -> torch.Tensor:
     return y * sx.double().unsqueeze(1)
 
 
+def _gemm(lin: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
+    """The C GEMM itself, at whatever level runs."""
+    wsum = lin.row_sums() if isinstance(lin, Int8Linear) else None
+    return quant.c_gemm(lin.describe(), x, lin.shape[0], wsum)
+
+
 def _data(out: int, n: int, T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out, n, generator=g) * torch.rand(out, 1, generator=g)
@@ -78,7 +85,8 @@ def test_int8_gemm_is_the_integer_twin_bit_for_bit(out, n, T):
     assert lin.use_c and lin._packed is None
     want = _int8_twin(lin, x)
     for _ in _levels():
-        assert torch.equal(lin(x), want)
+        assert torch.equal(_gemm(lin, x), want)
+    assert torch.equal(lin(x), want)  # the model's path: the GEMM at the best level
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
@@ -89,7 +97,7 @@ def test_int4_gemm_matches_the_integer_twin_at_every_level(out, n, T, group):
     want = _int4_twin(lin, x)
     scalar = None
     for level in _levels():
-        got = lin(x).double()
+        got = _gemm(lin, x).double()
         err = (got - want).abs().amax(dim=1) / want.abs().amax(dim=1).clamp(min=1e-30)
         assert err.max().item() < INT4_REL, level
         if scalar is None:
@@ -147,5 +155,19 @@ def test_int4_groups_the_gemm_does_not_take_use_the_dequantizing_path():
     lin = Int4Linear(w, group=16)
     assert not quant.qgemm_group_ok(16)
     assert ((lin(x) - lin.reference(x)).norm() / lin.reference(x).norm()).item() < 0.01
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of 32"):  # the GEMM refuses it
         quant.c_gemm(lin.describe(), x, 48)
+
+
+def test_without_simd_the_sequence_path_is_torchs_gemm_on_dequantized_weights():
+    """The scalar GEMM is a twin for tests, slower than torch: a CPU without AVX2 (or not x86)
+    multiplies by the dequantized weights instead."""
+    w, x = _data(24, 100, 5, seed=6)
+    i8, i4 = Int8Linear(w), Int4Linear(w)
+    try:
+        quant._quantcpu.set_simd(False)
+        assert not quant.c_gemm_fast()
+        assert torch.equal(i8(x), i8.reference(x))
+        assert ((i4(x) - i4.reference(x)).norm() / i4.reference(x).norm()).item() < 0.01
+    finally:
+        quant._quantcpu.set_simd(True)

@@ -65,6 +65,12 @@ def fbgemm_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
 
 
+def c_gemm_fast() -> bool:
+    """Whether _qgemm.h runs SIMD kernels here (AVX2 or better): its scalar twin (and a CPU
+    that is not x86) is slower than torch's GEMM on dequantized weights, which then runs."""
+    return _quantcpu is not None and _quantcpu.gemm_level() > 0
+
+
 def c_gemm(desc: tuple[int, ...], x: torch.Tensor, n_out: int,
            wsum: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 [T, in] x times a described int8/int4 matrix through _qgemm.h: [T, out]."""
@@ -156,12 +162,12 @@ class Int8Linear:
             if rows.shape[0] == 1:  # fp32 activations, as `reference`
                 xv = rows[0].contiguous()
                 y = torch.empty(n_out)
-                _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr(), torch.get_num_threads())
+                _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr(),
+                               torch.get_num_threads())
                 return y.view(*x.shape[:-1], n_out)
-            if self._wsum is None:
-                self._wsum = torch.empty(n_out, dtype=torch.int32)
-                _quantcpu.rowsum(self.q.data_ptr(), n_out, self.shape[1], self._wsum.data_ptr())
-            return c_gemm(self.describe(), rows, n_out, self._wsum).view(*x.shape[:-1], n_out)
+            if not c_gemm_fast():
+                return self.reference(x)
+            return c_gemm(self.describe(), rows, n_out, self.row_sums()).view(*x.shape[:-1], n_out)
         if self._packed is None:
             return self.reference(x)
         if rows.shape[0] == 1:
@@ -173,6 +179,14 @@ class Int8Linear:
             norm = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
             y = torch.ops.quantized.linear_dynamic(rows / norm, self._packed, False).mul_(norm)
         return y.view(*x.shape[:-1], n_out)
+
+    def row_sums(self) -> torch.Tensor:
+        """int32 [out] sums of the int8 rows (the VNNI GEMM's correction), made on first use."""
+        if self._wsum is None:
+            self._wsum = torch.empty(self.shape[0], dtype=torch.int32)
+            _quantcpu.rowsum(self.q.data_ptr(), self.shape[0], self.shape[1],
+                             self._wsum.data_ptr())
+        return self._wsum
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The slow twin: fp32 activations times the dequantized weight."""
@@ -403,7 +417,7 @@ class Int4Linear:
             y = torch.empty(n_out)
             _quantcpu.gemv(self.describe(), xv.data_ptr(), y.data_ptr(), torch.get_num_threads())
             return y.view(*x.shape[:-1], n_out)
-        if self.use_c and qgemm_group_ok(self.group):  # integer GEMM on the same rows
+        if self.use_c and qgemm_group_ok(self.group) and c_gemm_fast():  # on the same rows
             return c_gemm(self.describe(), rows, n_out).view(*x.shape[:-1], n_out)
         # one token keeps fp32 activations (the C kernel's result, slower); many go to bf16
         dtype = torch.bfloat16 if native_bf16() and rows.shape[0] > 1 else torch.float32
