@@ -39,16 +39,27 @@ class NonFiniteWeights(ValueError):
     they check as they go, and the load does not read those tensors a second time to check."""
 
 
-def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | None = None,
+# Weights per block of rows in quantize_rows: 4 MiB fp32 temporaries. Blocks of 4096 rows
+# (32 MiB at 2048 columns) sat under glibc's dynamic mmap threshold once it had risen, so they
+# came from the heap, which did not shrink: a first 1.5B int8 load peaked at 2.7-3.6 GiB for
+# 1.69 GiB of weights (1.91 GiB with MALLOC_MMAP_THRESHOLD_=1 MiB, and with these blocks).
+QUANT_BLOCK_ELEMS = 1 << 20
+
+
+def quantize_rows(weight: torch.Tensor, block: int | None = None,
+                  out: torch.Tensor | None = None,
                   done: Callable[[torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (int8 [out, in], fp32 scales [out]) with |w - q * s| <= s / 2.
 
-    In blocks of rows, so that the fp32 temporaries of a big head stay small. `out`: an int8
-    tensor of the weight's shape to write q into (memory the caller chose); `done(rows)` is
-    called with each block of source rows once it is quantized (to drop its file pages)."""
+    In blocks of rows (default: QUANT_BLOCK_ELEMS weights), so that the fp32 temporaries stay
+    small. `out`: an int8 tensor of the weight's shape to write q into (memory the caller
+    chose); `done(rows)` is called with each block of source rows once it is quantized (to
+    drop its file pages)."""
     q = torch.empty(weight.shape, dtype=torch.int8) if out is None else out
     scale = torch.empty(weight.shape[0])
+    if block is None:
+        block = max(1, QUANT_BLOCK_ELEMS // max(1, weight.shape[-1]))
     for s in range(0, weight.shape[0], block):
         w = weight[s:s + block].detach().float()
         sc = (w.abs().amax(dim=1) / QMAX).clamp_(min=1e-12)  # an all-zero row keeps scale > 0
