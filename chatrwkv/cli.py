@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     m.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8", "int4"],
                    help="weight precision (default: fp32 on CPU, fp16 on CUDA; int8: 8-bit "
-                   "weights with per-channel scales, CPU only, v4 and v7; int4: 4-bit weights "
-                   "with a scale per 32, CPU only, v4 and v7)")
+                   "weights with per-channel scales, CPU only; int4: 4-bit weights with a scale "
+                   "per 32, CPU only)")
     m.add_argument("--chunk-len", type=_positive_int, default=256, metavar="N",
                    help="tokens per parallel prefill chunk (default 256)")
     m.add_argument("--threads", type=_positive_int, metavar="N",
