@@ -148,6 +148,18 @@ class RWKVModel(ABC):
             return f"C step ({self._c_step.kernels} kernels, {self._c_step.n_threads} threads)"
         return f"torch fallback ({self._c_step_missing()})"
 
+    def embedding_tables(self) -> list[torch.Tensor]:
+        """The weight tables a token reads one row of, not the whole (the embedding; DeepEmbed's
+        per-layer `s_emb`): the bench counts one row of each as read per token, and `info` tells
+        their parameters apart from the matrices every token reads."""
+        emb = getattr(self, "emb", None)
+        return [emb] if isinstance(emb, torch.Tensor) and emb.dim() == 2 else []
+
+    def paged_tables(self) -> list[torch.Tensor]:
+        """Tables left in the checkpoint's file pages and handed back as their rows are read
+        (DeepEmbed's `s_emb`): weights the model uses but does not hold in memory."""
+        return []
+
     def _weight_tensors(self) -> list[object]:
         """Every prepared weight (for the gradient check of `_c_step_for`)."""
         return []
