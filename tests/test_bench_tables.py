@@ -8,6 +8,7 @@ the bench's weights (what peak RSS is divided by) differ by the rest only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -80,3 +81,24 @@ def test_plain_models_are_counted_as_before(paths):
     assert engine.decode_bytes() == tensor_bytes(engine.model, opaque=False) \
         - emb.numel() * emb.element_size() + emb[0].numel() * emb.element_size()
     assert torch.equal(engine.model.embedding_tables()[0], emb)
+
+
+@pytest.mark.parametrize("version", ["5.2", "6.0"])
+def test_int8_decode_without_a_c_step_reads_the_packed_matrices(tmp_path, version):
+    """v5 and v6 have no C step: a one-token product reads fbgemm's packed int8 copy (or, without
+    fbgemm, the plain rows), so decode reads at least every int8 weight once."""
+    from chatrwkv.models.quant import Int8Linear
+
+    path = write_checkpoint(tmp_path / "m.pth", version, seed=2, n_layer=2, n_embd=64,
+                            vocab_size=3000, head_size=16)
+    engine = ChatEngine(str(path), "cpu", "int8", None)
+    assert not engine.model.has_c_step
+    model = engine.model
+    mats = [model.head]
+    if hasattr(model, "blocks"):  # v5: dataclasses
+        mats += [getattr(b, f.name) for b in model.blocks for f in dataclasses.fields(b)]
+    else:  # v6: NamedTuples
+        mats += [v for att, ffn, _ in model.layers for v in (*att, *ffn)]
+    int8_bytes = sum(m.shape[0] * m.shape[1] for m in mats if isinstance(m, Int8Linear))
+    assert int8_bytes > 0
+    assert int8_bytes <= engine.decode_bytes() <= engine.weight_bytes()

@@ -135,6 +135,16 @@ class RWKVModel(ABC):
         return f"no C step for RWKV v{self.config.version}"
 
     @property
+    def has_c_step(self) -> bool:
+        """Whether one-token steps run in C here (the C step is built if no step has run yet)."""
+        if self.device.type != "cpu":
+            return False
+        if not self._c_step_built:
+            self._c_step_built = True
+            self._c_step = self._build_c_step()
+        return self._c_step is not None
+
+    @property
     def engine_path(self) -> str:
         """Which code runs a one-token step, for the banner, `+show` and the bench: e.g.
         "C step (AVX2 kernels, 2 threads)" or "torch fallback (C extension not built: ...)".
