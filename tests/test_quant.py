@@ -312,3 +312,30 @@ def test_quantizers_refuse_nonfinite_weights():
         quantize_rows(w)
     with pytest.raises(quant.NonFiniteWeights):
         quantize_int4(w)
+
+
+def _quantize_rows_twin(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows's torch loop, whatever the C extension."""
+    saved, quant._quantcpu = quant._quantcpu, None
+    try:
+        return quantize_rows(w)
+    finally:
+        quant._quantcpu = saved
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_c_quantizer_gives_the_twins_bits_at_every_level(dtype):
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(300, 1000, generator=g) * torch.rand(300, 1, generator=g)
+    w[3] = 0
+    w[4, :10] = torch.arange(10) * 0.5  # halves: ties that round to even
+    w = w.to(dtype)
+    twin = _quantize_rows_twin(w)
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                q, s = quantize_rows(w)
+                assert torch.equal(q, twin[0]) and torch.equal(s, twin[1]), level
+    finally:
+        quant._quantcpu.set_simd(True)
