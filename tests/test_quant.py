@@ -4,6 +4,7 @@ fp32 in both the RNN and the sequence path."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -155,6 +156,29 @@ def test_released_checkpoint_pages_read_back_unchanged(tmp_path):
     kept = in_memory.clone()
     releaser.release(in_memory, kept)  # not in the file's mapping: left alone
     assert torch.equal(in_memory, kept)
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(sys.platform != "linux" or tuple(map(int, os.uname().release.split(".")[:2]))
+                    < (5, 14), reason="MADV_POPULATE_READ is Linux 5.14+")
+def test_populate_reads_a_mapped_tensor_in_with_one_call(tmp_path):
+    from chatrwkv.models.pages import populate
+
+    data = torch.randn(16 << 18)  # 16 MiB
+    (tmp_path / "m.bin").write_bytes(data.numpy().tobytes())
+    mapped = torch.from_file(str(tmp_path / "m.bin"), shared=True, size=data.numel())
+    before = _rss_file_kib()
+    populate(mapped[: 8 << 18])  # the first 8 MiB: resident now, the rest not yet
+    grown = _rss_file_kib() - before
+    assert 7 << 10 < grown < 12 << 10, grown
+    assert torch.equal(mapped, data)
+    in_memory = data.clone()
+    populate(in_memory)  # resident memory: nothing to read, nothing changes
+    assert torch.equal(in_memory, data)
 
 
 # --- 4-bit weights (quant.py's int4, _quantcpu.c) ------------------------------------------------

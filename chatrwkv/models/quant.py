@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .pages import populate
+
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
@@ -65,6 +67,7 @@ def _quantize_rows_c(weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
     step = max(1, min(rows, block * 64 // max(n, 1)))  # ~1 MiB of fp32 a task
 
     def one(s: int) -> None:
+        populate(weight[s:s + step])
         w = weight[s:s + step].detach().contiguous()
         if not _quantcpu.quantize8(w.data_ptr(), w.shape[0], n, w.dtype == torch.bfloat16,
                                    q[s:s + step].data_ptr(), scale[s:s + step].data_ptr()):
@@ -275,6 +278,7 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
     scales = torch.empty(rows, int4_groups(n, group), dtype=INT4_SCALE_DTYPE)
 
     def one(s: int) -> None:
+        populate(weight[s:s + block])
         w = weight[s:s + block].detach().float().contiguous()
         if has_nonfinite(w):
             raise NonFiniteWeights("NaN or infinite weights")
