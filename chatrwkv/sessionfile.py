@@ -39,8 +39,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
-import tempfile
 import weakref
 from itertools import chain
 from pathlib import Path
@@ -52,8 +50,18 @@ from .chatsettings import ChatOptions, SettingError, apply_setting
 from .conversation import Conversation, Hollow, Node, longest_prefix
 from .errors import ChatRWKVError, StateFileError
 from .prompts import Prompt
-from .safeio import FileRefused, check_regular, check_write_target, expand
+from .safeio import FileRefused, check_regular
 from .sampling import SamplingSettings, settings_from_dict
+from .sessionpaths import (  # noqa: F401 - re-exported: the paths were defined here first
+    _NAME,
+    AUTOSAVE,
+    SUFFIX,
+    atomic_write,
+    home_dir,
+    list_sessions,
+    session_path,
+    states_dir,
+)
 from .textin import is_valid_text
 
 if TYPE_CHECKING:
@@ -75,61 +83,9 @@ class SessionLike(Protocol):
 
 FORMAT = "chatrwkv-session"
 FORMAT_VERSION = 2
-SUFFIX = ".session"
-AUTOSAVE = "last"  # what Ctrl-D / +exit / a closed terminal write, and `--resume` reads
 _GRAIN = 32768  # torch's internal parallel grain size
 REQUIRED_SLOTS = ("chat_init", "chat")
 GENERATED_FROM = ("chat_pre", "gen_0", "gen_1")
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-
-
-def home_dir() -> Path:
-    """$CHATRWKV_HOME, else $XDG_STATE_HOME/chatrwkv, else ~/.local/state/chatrwkv."""
-    if home := os.environ.get("CHATRWKV_HOME"):
-        return expand(home)
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "chatrwkv"
-
-
-def states_dir() -> Path:
-    return home_dir() / "states"
-
-
-def session_path(name: str, folder: Path | None = None) -> Path:
-    """`states/NAME.session`; refuses a name that is not a plain word."""
-    if not _NAME.fullmatch(name):
-        raise StateFileError(f"bad session name '{name}': use letters, digits, '-', '_' and '.' "
-                             "(at most 64, not starting with '.')")
-    return (folder or states_dir()) / (name + SUFFIX)
-
-
-def list_sessions(folder: Path | None = None) -> list[str]:
-    folder = folder or states_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(SUFFIX)] for p in folder.glob("*" + SUFFIX))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, fsync, rename: a crash leaves the old file or the new one."""
-    check_write_target(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise StateFileError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise StateFileError(f"cannot write {path}: {e.strerror or e}; the old file is kept") \
-            from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- writing -----------------------------------------------------------------------------------
