@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "english-world, english-pile, chinese, english-qa (default follows the "
                    "tokenizer)")
     c.add_argument("--resume", nargs="?", const="last", metavar="NAME",
-                   help="continue a saved session (default: 'last', saved when a chat ends); "
-                   "sessions live in $CHATRWKV_HOME/states (default ~/.local/state/chatrwkv)")
+                   help="continue a saved session (default: 'last', this model's conversation, "
+                   "saved when a chat ends; +sessions lists every model's); sessions live in "
+                   "$CHATRWKV_HOME/states (default ~/.local/state/chatrwkv)")
     c.add_argument("--state", metavar="FILE", help="start from a state-tuning file (.pth with "
                    "blocks.N.att.time_state, or its safetensors .state form; v5, v6, v7)")
     c.add_argument("--no-autosave", action="store_true",

@@ -144,6 +144,8 @@ def encode_session(session: SessionLike) -> bytes:
     tensors = _unshared(tensors)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "identity": json.dumps(session.model.identity(), sort_keys=True),
+            # which checkpoint, for `+sessions` to name another model's `last`; not checked
+            "model_path": os.path.abspath(session.model.path) if getattr(session.model, "path", None) else "",
             "body": json.dumps(body, ensure_ascii=False, separators=(",", ":"))}
     return save(tensors, metadata=meta)
 

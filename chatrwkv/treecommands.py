@@ -130,8 +130,16 @@ class TreeCommands:
         yield Info(f"loaded '{cmd.name}': {len(self.s.tree.nodes)} turns, at {self.where()}")
 
     def _on_sessions(self, cmd: C.Sessions, settings: SamplingSettings) -> Iterator[Event]:
-        names = sessionfile.list_sessions(self.s.states_folder)
-        yield Info(", ".join(names) if names else f"no saved sessions in {self.s.states_folder}")
+        from .autosave import describe_last, saved_lasts
+        from .defaults import DEMO_MODEL
+
+        folder = self.s.states_folder
+        names = sessionfile.list_sessions(folder)
+        lasts = saved_lasts(folder, self.s.model.identity())
+        if names or not lasts:
+            yield Info(", ".join(names) if names else f"no saved sessions in {folder}")
+        for last in lasts:  # the conversations saved when a chat ended, one per model
+            yield Info(describe_last(last, DEMO_MODEL))
 
     def _on_export(self, cmd: C.Export, settings: SamplingSettings) -> Iterator[Event]:
         path = expand(cmd.path)
