@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the conversation)")
     c.add_argument("--show-thinking", action="store_true",
                    help="piped mode: print a reply's thinking too (as <think>...</think>)")
+    c.add_argument("--verbose", action="store_true", help="piped mode: each reply's stats line "
+                   "(first token, prefill and decode speed, end to end) on stderr")
     s = ap.add_argument_group("sampling (default: the model's, see README; ChatRWKV v2's "
                               f"T {d.temperature} top-p {d.top_p} for v4/v5/v6 and Pile)")
     s.add_argument("--temp", type=_number(check_temperature), metavar="T",
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return ui.run(session, interactive=interactive,
                   save_at_exit=not args.no_autosave, resume_command=resume_command(model_given),
-                  show_thinking=args.show_thinking)
+                  show_thinking=args.show_thinking, verbose=args.verbose)
 
 
 def _chat_while_loading(args: argparse.Namespace, resume: str) -> int:

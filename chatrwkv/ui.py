@@ -104,9 +104,11 @@ def stats_line(stats: Stats, interrupted: bool) -> str:
 # --- piped mode --------------------------------------------------------------------------------
 
 def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
-              show_thinking: bool = False) -> int:
+              show_thinking: bool = False, verbose: bool = False) -> int:
     """Replies on `out`: the answer only, unless `show_thinking` (then `<think>...</think>`
-    and a newline come first, as the model wrote them)."""
+    and a newline come first, as the model wrote them). `verbose`: each reply's end-to-end
+    stats line on `err` after it (as llama-cli prints its timings to stderr), so `out` stays
+    the text alone."""
     for line in lines:
         thinking = False
         for event in _run_command(session, line.rstrip("\r\n")):
@@ -123,6 +125,9 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
                 out.write("</think>\n" if thinking else "\n")
                 thinking = False
                 out.flush()
+                if verbose:
+                    err.write(stats_line(event.stats, event.interrupted) + "\n")
+                    err.flush()
             elif isinstance(event, ShowSettings):
                 out.write("".join(f"{k}: {v}\n" for k, v in event.rows))
             elif isinstance(event, (Info, Problem)):
@@ -387,7 +392,8 @@ def _piped_lines() -> Iterable[str]:
 
 def run(session: Session | None, interactive: bool, save_at_exit: bool = True,
         resume_command: str = "chatrwkv --resume", show_thinking: bool = False,
-        loading: BackgroundLoad[Session] | None = None, prompt: Prompt | None = None) -> int:
+        verbose: bool = False, loading: BackgroundLoad[Session] | None = None,
+        prompt: Prompt | None = None) -> int:
     """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP,
     SIGTERM, Ctrl-C while piped input waits). Interactive only: with `loading` instead of a
     session, the prompt shows while the session loads (see Terminal)."""
@@ -400,7 +406,8 @@ def run(session: Session | None, interactive: bool, save_at_exit: bool = True,
             terminal = Terminal(session, loading=loading, prompt=prompt)
             code = terminal.loop()
         else:
-            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr, show_thinking)
+            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr, show_thinking,
+                             verbose)
     except HangUp as e:
         code = e.code
     except KeyboardInterrupt:  # Ctrl-C while piped mode waits for a line
