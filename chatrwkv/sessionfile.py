@@ -20,7 +20,8 @@ refused with one line, like a file from a newer version):
               node.parent, node.prompt [N], node.slots [N, K]   the tree (-1: none)
     metadata  identity (the model's: version, shapes, weight fingerprint) and body (JSON):
               tokenizer, prompts, settings, slot names, node labels and previews, the turns'
-              roles and texts, stored rows, branches, current node, redo stack, and the
+              roles and texts, stored rows, branches, current node, redo stack (and the other
+              branches' redo stacks, `parked_redo`, optional: older files have none), and the
               session's settings for the rest of the chat (`chat_settings`: sampling and
               chatsettings.ChatOptions, as `+set` leaves them; restored by --resume).
 A row that continues the row written just before extends its span, so the snapshots of a linear
@@ -138,7 +139,12 @@ def encode_session(session: SessionLike) -> bytes:
             "settings": [dataclasses.asdict(s) for s in w.settings], "slot_names": slot_names,
             "labels": labels, "previews": previews, "roles": w.roles, "texts": w.texts,
             "stored": w.stored, "branches": tree.branches, "branch": tree.branch,
-            "current": tree.current, "redo": tree.redo_stack, "mounted": session.mounted_name,
+            "current": tree.current, "redo": tree.redo_stack,
+            # the other branches' redo stacks (+switch keeps one per branch); files without
+            # this key (written before it existed) load with none parked
+            "parked_redo": {k: v for k, v in tree.parked_redo.items()
+                            if v and k != tree.branch and k in tree.branches},
+            "mounted": session.mounted_name,
             "chat_settings": {**dataclasses.asdict(session.settings),
                               **dataclasses.asdict(session.options)}}
     tensors = _unshared(tensors)
@@ -463,11 +469,17 @@ def _decode(session: SessionLike, body: dict, tensors: dict[str, torch.Tensor]) 
     _require(_is_int(body["current"]) and isinstance(body["redo"], list)
              and all(map(_is_int, body["redo"])), "current node and redo stack")
     _require(body.get("mounted") is None or isinstance(body["mounted"], str), "mounted")
+    parked = body.get("parked_redo", {})
+    _require(isinstance(parked, dict) and all(
+        k in branches and k != branch and isinstance(v, list) and all(map(_is_int, v))
+        for k, v in parked.items()), "parked redo stacks")
     tree.branches = dict(branches)
     tree.branch = branch
     tree.current = body["current"]
     tree.redo_stack = list(body["redo"])
-    heads = {tree.current, *tree.branches.values(), *tree.redo_stack}
+    tree.parked_redo = {k: list(v) for k, v in parked.items()}
+    heads = {tree.current, *tree.branches.values(), *tree.redo_stack,
+             *chain.from_iterable(tree.parked_redo.values())}
     if any(n not in tree.nodes for n in heads):
         raise ValueError("node index out of range")
     # the sampler's state: set on a scratch generator, so a bad one fails here, not after the
