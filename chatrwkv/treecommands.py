@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from . import autosave, sessionfile, transcript
+from . import autosave, sessionfile, sessionread, transcript
 from . import commands as C
 from .conversation import Conversation, Hollow, Node, first_words
 from .errors import ChatRWKVError
@@ -166,7 +166,7 @@ class TreeCommands:
 
     def load_named(self, name: str) -> None:
         """Replace the whole session by a saved one; raises StateFileError and changes nothing."""
-        loaded = sessionfile.load_session(self.s, self._session_path(name, reading=True))
+        loaded = sessionread.load_session(self.s, self._session_path(name, reading=True))
         tree: Conversation = loaded.tree
         old = self.s.tree, self.s.initial_state
         self.s.tree, self.s.initial_state = tree, loaded.initial_state
