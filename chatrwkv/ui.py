@@ -13,16 +13,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
-from prompt_toolkit import PromptSession
-from prompt_toolkit.history import InMemoryHistory
-from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from . import commands as C
-from .completion import ChatCompleter
 from .errors import ChatRWKVError
 from .events import (
     Chunk,
@@ -39,15 +35,18 @@ from .events import (
     Stats,
     ThinkChunk,
 )
-from .history import PrivateHistory
 from .sessionpaths import home_dir, list_sessions
 from .stats import format_stats
 from .termtext import terminal_safe
 from .textin import valid_text
 from .typeahead import quiet_keys
 
-if TYPE_CHECKING:  # torch loads with the model, after the prompt shows (start-up, issue 15)
+if TYPE_CHECKING:  # torch loads with the model, after the prompt shows (start-up, issue 15);
+    # prompt_toolkit only in the terminal (piped mode never imports it)
+    from prompt_toolkit import PromptSession
+
     from .backgroundload import BackgroundLoad
+    from .history import PrivateHistory
     from .prompts import Prompt
     from .session import Session
 
@@ -284,6 +283,13 @@ class Terminal:
         return True
 
     def prompt_session(self) -> PromptSession:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        from .completion import ChatCompleter
+        from .history import PrivateHistory
+
         keys = KeyBindings()
 
         @keys.add("escape", "enter")
