@@ -43,6 +43,9 @@ class BackgroundLoad(Generic[T]):
     def done(self) -> bool:
         return self._finished.is_set()
 
+    def failed(self) -> bool:
+        return self._finished.is_set() and self._error is not None
+
     def result(self) -> T:
         while not self._finished.wait(POLL_S):
             pass

@@ -231,7 +231,9 @@ class Terminal:
     def toolbar(self) -> str:
         s = self.session
         if s is None:
-            return f" loading the model... | prompt {self.early_prompt.name} "
+            state = ("the model did not load (Enter says why)" if self.loading.failed() else
+                     "model ready" if self.loading.done() else "loading the model...")
+            return f" {state} | prompt {self.early_prompt.name} "
         describe = getattr(s.model, "describe", lambda: "model")()
         think = f"think {s.think_mode()} | " if s.prompt.style == "g1" else ""
         system = "system on | " if s.prompt.system else ""

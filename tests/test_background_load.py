@@ -26,7 +26,7 @@ def test_result_waits_for_the_build_and_then_runs_in_the_waiting_thread():
     assert not load.done() and not got and not seen  # still waiting on the build
     release.set()
     waiter.join(10)
-    assert got == ["session"] and seen == [("session", waiter)]
+    assert got == ["session"] and seen == [("session", waiter)] and not load.failed()
     assert load.result() == "session" and len(seen) == 1  # `then` ran once
 
 
@@ -37,7 +37,7 @@ def test_the_build_error_is_raised_where_the_result_is_taken():
     load = BackgroundLoad(build)
     with pytest.raises(ChatRWKVError, match="damaged checkpoint"):
         load.result()
-    assert load.done()
+    assert load.done() and load.failed()
 
 
 def spawn_gated(tmp_path):
@@ -120,3 +120,25 @@ def test_piped_mode_loads_before_reading_input(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("+gen The\n"))
     assert cli.main(["--no-autosave", "--seed", "1", "--max-tokens", "3"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_the_toolbar_says_loading_ready_or_failed():
+    from chatrwkv.prompts import load_prompt
+    from chatrwkv.ui import Terminal
+
+    prompt = load_prompt("english-world")
+    release = threading.Event()
+
+    def build():
+        release.wait(10)
+        raise ChatRWKVError("x.pth: damaged checkpoint")
+
+    for builder, end in ((lambda: release.wait(10) and "s", "model ready"),
+                         (build, "the model did not load (Enter says why)")):
+        release.clear()
+        term = Terminal(None, loading=BackgroundLoad(builder), prompt=prompt)
+        assert term.toolbar().startswith(" loading the model... | prompt english-world")
+        release.set()
+        while not term.loading.done():
+            time.sleep(0.01)
+        assert term.toolbar().startswith(f" {end} | prompt english-world")
