@@ -189,11 +189,16 @@ class Terminal:
             return True
         if not self.loading.done():
             self.console.print(Text("(waiting for the model to load)", style="dim"))
+        # Ctrl-C leaves even where SIGINT came in ignored (a chat started by a background job),
+        # as it stops a reply there (ctrl_c_stops)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.session = self.loading.result()
         except ChatRWKVError as e:
             print_error(str(e))
             return False
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.model_lines()
         return True
 
