@@ -4,6 +4,7 @@ fp32 in both the RNN and the sequence path."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -157,6 +158,29 @@ def test_released_checkpoint_pages_read_back_unchanged(tmp_path):
     assert torch.equal(in_memory, kept)
 
 
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(sys.platform != "linux" or tuple(map(int, os.uname().release.split(".")[:2]))
+                    < (5, 14), reason="MADV_POPULATE_READ is Linux 5.14+")
+def test_populate_reads_a_mapped_tensor_in_with_one_call(tmp_path):
+    from chatrwkv.models.pages import populate
+
+    data = torch.randn(16 << 18)  # 16 MiB
+    (tmp_path / "m.bin").write_bytes(data.numpy().tobytes())
+    mapped = torch.from_file(str(tmp_path / "m.bin"), shared=True, size=data.numel())
+    before = _rss_file_kib()
+    populate(mapped[: 8 << 18])  # the first 8 MiB: resident now, the rest not yet
+    grown = _rss_file_kib() - before
+    assert 7 << 10 < grown < 12 << 10, grown
+    assert torch.equal(mapped, data)
+    in_memory = data.clone()
+    populate(in_memory)  # resident memory: nothing to read, nothing changes
+    assert torch.equal(in_memory, data)
+
+
 # --- 4-bit weights (quant.py's int4, _quantcpu.c) ------------------------------------------------
 
 needs_quantcpu = pytest.mark.skipif(quant._quantcpu is None, reason="C extension not built")
@@ -259,3 +283,83 @@ def test_int4_refused_where_not_implemented(tmp_path):
                             vocab_size=50, head_size=32)
     with pytest.raises(ChatRWKVError, match="int4 is not implemented"):
         load_model(path, "cpu", "int4")
+
+
+@needs_quantcpu
+def test_nonfinite_scan_at_every_level_finds_each_bad_value():
+    g = torch.Generator().manual_seed(4)
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) != level:
+                continue
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for n in (1, 15, 300, 4099):
+                    t = (torch.randn(n, generator=g) * 1e3).to(dtype)  # large but finite
+                    assert not quant.has_nonfinite(t)
+                    for pos in (0, n // 2, n - 1):
+                        for bad in (float("nan"), float("inf"), float("-inf")):
+                            u = t.clone()
+                            u[pos] = bad
+                            assert quant.has_nonfinite(u), (level, dtype, n, pos, bad)
+    finally:
+        quant._quantcpu.set_simd(True)
+    strided = torch.zeros(8, 8)[:, 1]
+    strided[3] = float("nan")
+    assert quant.has_nonfinite(strided)  # not contiguous: torch's check
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("shape", [(70, 300), (9, 4096), (3, 40)])
+def test_int4_quantizer_gives_the_same_bits_at_every_level(shape):
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 0.1
+    w[:, 1] *= 40
+    w[0] = 0  # an all-zero row: scale +0 (as the scalar loop), codes 8
+    results = []
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                results.append(quantize_int4(w))
+    finally:
+        quant._quantcpu.set_simd(True)
+    codes, scales = quant._quantize_groups(w[1:], INT4_GROUP)
+    for packed, sc in results:
+        assert torch.equal(packed, results[-1][0]) and torch.equal(sc, results[-1][1])
+        assert torch.equal(sc[1:], scales) and torch.equal(packed[1:], pack_int4(codes))
+        assert bool((sc[0].view(torch.int16) == -32768).all())  # -0.0 in fp16
+
+
+def test_quantizers_refuse_nonfinite_weights():
+    w = torch.randn(40, 64)
+    w[5, 9] = float("nan")
+    with pytest.raises(quant.NonFiniteWeights):
+        quantize_rows(w)
+    with pytest.raises(quant.NonFiniteWeights):
+        quantize_int4(w)
+
+
+def _quantize_rows_twin(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows's torch loop, whatever the C extension."""
+    saved, quant._quantcpu = quant._quantcpu, None
+    try:
+        return quantize_rows(w)
+    finally:
+        quant._quantcpu = saved
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_c_quantizer_gives_the_twins_bits_at_every_level(dtype):
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(300, 1000, generator=g) * torch.rand(300, 1, generator=g)
+    w[3] = 0
+    w[4, :10] = torch.arange(10) * 0.5  # halves: ties that round to even
+    w = w.to(dtype)
+    twin = _quantize_rows_twin(w)
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                q, s = quantize_rows(w)
+                assert torch.equal(q, twin[0]) and torch.equal(s, twin[1]), level
+    finally:
+        quant._quantcpu.set_simd(True)
