@@ -25,12 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .pages import populate
+
 try:
     from . import _quantcpu
 except ImportError:  # built without a C compiler: the torch twins run
     _quantcpu = None
 
 CK_INT8 = 2  # _cpukern.h's CK_I8
+
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
@@ -39,27 +42,28 @@ class NonFiniteWeights(ValueError):
     they check as they go, and the load does not read those tensors a second time to check."""
 
 
-# Weights per block of rows in quantize_rows: 4 MiB fp32 temporaries. Blocks of 4096 rows
-# (32 MiB at 2048 columns) sat under glibc's dynamic mmap threshold once it had risen, so they
-# came from the heap, which did not shrink: a first 1.5B int8 load peaked at 2.7-3.6 GiB for
-# 1.69 GiB of weights (1.91 GiB with MALLOC_MMAP_THRESHOLD_=1 MiB, and with these blocks).
+# At most this many weights per block in quantize_rows' torch loop (4 MiB fp32 temporaries):
+# blocks of 4096 rows (32 MiB at 2048 columns) sat under glibc's dynamic mmap threshold once
+# it had risen, so they came from a heap that did not shrink (a first 1.5B int8 load peaked at
+# 2.7-3.6 GiB for 1.69 GiB of weights; 2.07 GiB with these blocks).
 QUANT_BLOCK_ELEMS = 1 << 20
 
 
-def quantize_rows(weight: torch.Tensor, block: int | None = None,
-                  out: torch.Tensor | None = None,
+def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | None = None,
                   done: Callable[[torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (int8 [out, in], fp32 scales [out]) with |w - q * s| <= s / 2.
 
-    In blocks of rows (default: QUANT_BLOCK_ELEMS weights), so that the fp32 temporaries stay
-    small. `out`: an int8 tensor of the weight's shape to write q into (memory the caller
-    chose); `done(rows)` is called with each block of source rows once it is quantized (to
-    drop its file pages)."""
+    In blocks of rows, so that the fp32 temporaries of a big head stay small. `out`: an int8
+    tensor of the weight's shape to write q into (memory the caller chose); `done(rows)` is
+    called with each block of source rows once it is quantized (to drop its file pages)."""
     q = torch.empty(weight.shape, dtype=torch.int8) if out is None else out
     scale = torch.empty(weight.shape[0])
-    if block is None:
-        block = max(1, QUANT_BLOCK_ELEMS // max(1, weight.shape[-1]))
+    if _quantcpu is not None and q.is_contiguous() and weight.dim() == 2 \
+            and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
+        _quantize_rows_c(weight, q, scale, block, done)  # the same bits, ~10x faster
+        return q, scale
+    block = max(1, min(block, QUANT_BLOCK_ELEMS // max(1, weight.shape[-1])))
     for s in range(0, weight.shape[0], block):
         w = weight[s:s + block].detach().float()
         sc = (w.abs().amax(dim=1) / QMAX).clamp_(min=1e-12)  # an all-zero row keeps scale > 0
@@ -70,6 +74,30 @@ def quantize_rows(weight: torch.Tensor, block: int | None = None,
         if done is not None:
             done(weight[s:s + block])
     return q, scale
+
+
+def _quantize_rows_c(weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: int,
+                     done: Callable[[torch.Tensor], None] | None) -> None:
+    """quantize_rows in C (_quantprep.h), blocks of rows spread over torch's threads."""
+    rows, n = weight.shape
+    step = max(1, min(rows, block * 64 // max(n, 1)))  # ~1 MiB of fp32 a task
+
+    def one(s: int) -> None:
+        populate(weight[s:s + step])
+        w = weight[s:s + step].detach().contiguous()
+        if not _quantcpu.quantize8(w.data_ptr(), w.shape[0], n, w.dtype == torch.bfloat16,
+                                   q[s:s + step].data_ptr(), scale[s:s + step].data_ptr()):
+            raise NonFiniteWeights("NaN or infinite weights")
+        if done is not None:
+            done(weight[s:s + step])
+
+    starts = range(0, rows, step)
+    if len(starts) == 1 or torch.get_num_threads() == 1:
+        for s in starts:
+            one(s)
+    else:
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            list(pool.map(one, starts))
 
 
 def fbgemm_available() -> bool:
@@ -307,6 +335,7 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
     scales = torch.empty(rows, int4_groups(n, group), dtype=INT4_SCALE_DTYPE)
 
     def one(s: int) -> None:
+        populate(weight[s:s + block])
         w = weight[s:s + block].detach().float().contiguous()
         if has_nonfinite(w):
             raise NonFiniteWeights("NaN or infinite weights")
