@@ -17,7 +17,7 @@ import torch
 
 from .errors import CheckpointError, first_line
 from .safeio import FileRefused, check_regular
-from .stmap import map_readonly
+from .stmap import load_torch_readonly, map_readonly
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # Weights are floating point; int8 / uint8 may hold quantized weights. Anything else (int64,
@@ -41,7 +41,12 @@ def _read_torch(path: Path) -> dict:
     try:
         # mmap needs the zip format; legacy pickles are read whole (still weights_only).
         mmap = zipfile.is_zipfile(path)
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        except RuntimeError as e:
+            if not (mmap and "Cannot allocate memory" in str(e)):
+                raise
+            return load_torch_readonly(path)  # bigger than memory: map it read-only
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects or code, not only tensors "

@@ -1,4 +1,4 @@
-"""A safetensors file mapped read-only, for files larger than the machine's memory.
+"""Checkpoints larger than the machine's memory, mapped read-only (safetensors and .pth).
 
 safetensors (and torch's `from_file`) map a file privately and writable, and Linux's default
 overcommit rule refuses a private writable mapping larger than memory plus swap: a 13.3B bf16
@@ -16,6 +16,7 @@ import json
 import math
 import mmap
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -57,3 +58,41 @@ def map_readonly(path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"tensor {name[:80]!r} does not fit the file")
         tensors[name] = whole[base + begin:base + end].view(dtype).view(shape)
     return tensors
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+def load_torch_readonly(path: Path) -> dict:
+    """`torch.load(path, mmap=True, weights_only=True)` over a read-only mapping.
+
+    torch maps the whole zip with `UntypedStorage.from_file` (private, writable: refused past
+    memory + swap, as above) and cuts every tensor out of that one storage; here that storage
+    is a read-only mapping instead, handed to torch.load for the length of the call (torch
+    2.x's serialization.py; with another torch where that seam is gone, the original error
+    stands). Still weights_only: a pickle with code is refused as before."""
+    with path.open("rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        storage = torch.frombuffer(mm, dtype=torch.uint8).untyped_storage()
+    cls = torch.UntypedStorage
+    own = "from_file" in vars(cls)  # else inherited from torch._C.StorageBase
+    saved = vars(cls).get("from_file")
+    original = cls.from_file
+    target = str(path)
+
+    def from_file(filename, shared=False, nbytes=0):
+        if str(filename) == target and not shared and nbytes == len(mm):
+            return storage
+        return original(filename, shared, nbytes)
+
+    with _PATCH_LOCK:
+        cls.from_file = from_file
+        try:
+            return torch.load(target, map_location="cpu", mmap=True, weights_only=True)
+        finally:
+            if own:
+                cls.from_file = saved
+            else:
+                del cls.from_file

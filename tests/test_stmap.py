@@ -86,3 +86,28 @@ def test_a_model_too_big_to_map_privately_loads_read_only(tmp_path, version):
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, check=False,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_pth_too_big_to_map_privately_loads_read_only(tmp_path):
+    """torch.load's own mapping refused (as for a 26.5 GB .pth on the 24 GB machine): the same
+    tensors through a read-only mapping, torch left as it was, code-carrying pickles refused."""
+    path = write_checkpoint(tmp_path / "m.pth", "7.0", seed=3, **DIMS)
+    script = textwrap.dedent(f"""
+        import torch
+        from chatrwkv.checkpoint import Checkpoint
+        want = Checkpoint.open({str(path)!r}).tensors
+        before = torch.UntypedStorage.__dict__.get("from_file")
+        original = torch.UntypedStorage.from_file
+        def refuse(filename, shared=False, nbytes=0):
+            raise RuntimeError(f"unable to mmap {{nbytes}} bytes from file <{{filename}}>: "
+                               "Cannot allocate memory (12)")
+        torch.UntypedStorage.from_file = refuse
+        got = Checkpoint.open({str(path)!r}).tensors
+        assert torch.UntypedStorage.from_file is refuse  # put back as it was
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          check=False, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
