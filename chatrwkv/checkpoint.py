@@ -17,6 +17,7 @@ import torch
 
 from .errors import CheckpointError, first_line
 from .safeio import FileRefused, check_regular
+from .stmap import load_torch_readonly, map_readonly
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # Weights are floating point; int8 / uint8 may hold quantized weights. Anything else (int64,
@@ -40,7 +41,12 @@ def _read_torch(path: Path) -> dict:
     try:
         # mmap needs the zip format; legacy pickles are read whole (still weights_only).
         mmap = zipfile.is_zipfile(path)
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        except RuntimeError as e:
+            if not (mmap and "Cannot allocate memory" in str(e)):
+                raise
+            return load_torch_readonly(path)  # bigger than memory: map it read-only
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects or code, not only tensors "
@@ -58,6 +64,11 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - untrusted bytes (see _read_torch)
+        if "Cannot allocate memory" in str(e):  # bigger than memory: map it read-only
+            try:
+                return map_readonly(path)
+            except (ValueError, TypeError, OSError, RuntimeError) as e2:
+                e = e2
         raise CheckpointError(f"{path}: damaged or truncated safetensors file "
                               f"({type(e).__name__}: {first_line(e)})") from None
 
