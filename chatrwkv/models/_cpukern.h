@@ -907,11 +907,22 @@ static void ck_run_phase(CkPool *p, int total) {
 
 /* ---- products as phases ------------------------------------------------------------------ */
 
-/* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming. */
+/* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming, but
+ * at least 16 chunks in a matrix while they stay above 8 KiB: a phase ends when its last chunk
+ * does, and a small matrix (768 x 768 in int4: 330 KB, five chunks of 64 KiB) left one thread
+ * idle for up to a fifth of it. A multiple of 4 rows: the int4 kernel takes rows four at a
+ * time. */
+#define CK_CHUNK_BYTES 65536L
+#define CK_CHUNK_MIN_BYTES 8192L
+#define CK_CHUNKS_PER_MATRIX 16
 static int ck_rows_per_chunk(const CkMat *m) {
     long row = m->dtype == CK_F32 ? 4L * m->in : m->dtype == CK_BF16 ? 2L * m->in :
                m->dtype == CK_I8 ? (long)m->in : (long)ck_i4_row_bytes(m->in);
-    long rows = (65536 + row - 1) / row;
+    long target = row * m->out / CK_CHUNKS_PER_MATRIX;
+    if (target > CK_CHUNK_BYTES) target = CK_CHUNK_BYTES;
+    if (target < CK_CHUNK_MIN_BYTES) target = CK_CHUNK_MIN_BYTES;
+    long rows = (target + row - 1) / row;
+    if (rows > 4) rows = (rows + 3) / 4 * 4;
     if (rows < 1) rows = 1;
     return (int)rows;
 }
