@@ -15,9 +15,18 @@
  * 16-bit files, which are then used in place). Each product has an AVX-512 (F/BW/VL), an AVX2
  * and a scalar kernel; the widest the CPU has runs, chosen at run time (ck_init), and tests run
  * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
- * block into 128 fp32 weights with 8 table lookups (vpermps), ~11 G weights/s on one core here,
- * 2.8x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or 16-bit
- * activations (torch's fbgemm and oneDNN use them in the sequence path).
+ * block into 128 fp32 weights with 8 table lookups (vpermps), ~24 G weights/s on one core here
+ * (in L2), 2.5x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
+ * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path).
+ *
+ * What decides decode speed (one token reads every weight once, from memory): per core the
+ * kernels must keep enough cache misses in flight, which the hardware prefetchers alone did
+ * for fp32 but not for the narrower dtypes (CK_PF below), and compute faster than their share
+ * of the memory bandwidth. Tried and not kept (one thread, Sapphire Rapids class, measured
+ * with benchmarks/bench_kernels.py-style loops): bf16 and int8 over four rows at once (x loaded
+ * once for four products): no faster in L2, slower from memory (four streams); bf16 widened
+ * as even/odd halves with one shift or mask per 32 weights against an x reordered once per
+ * product: +20% in L2, nothing from memory once prefetched.
  */
 #ifndef CHATRWKV_CPUKERN_H
 #define CHATRWKV_CPUKERN_H
@@ -253,7 +262,9 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
  * no prefetch 8.9 GB/s; 1 KiB ahead 12.8, 2 KiB 13.8, 4 KiB 14.5 (to L1) and 15.4 (to L2),
  * 8 KiB 14.0. A prefetch past the end of the matrix reads a line it does not need and never
  * faults. */
+#ifndef CK_PF_AHEAD  /* -DCK_PF_AHEAD=... to tune */
 #define CK_PF_AHEAD 4096
+#endif
 #define CK_PF(p) _mm_prefetch((const char *)(p) + CK_PF_AHEAD, _MM_HINT_T1)
 
 /* ---- AVX2 + FMA ---- */
