@@ -8,7 +8,6 @@ files are memory-mapped. Every failure is a `CheckpointError` whose message name
 from __future__ import annotations
 
 import hashlib
-import math
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -114,6 +113,8 @@ class Checkpoint:
         such a model gives NaN logits, and nothing it says means anything. `skip`: keys not to
         read; `release(tensor)`: called on each checked slice, to hand a mapped file's pages
         back (else the pass would leave the whole file resident: 14 GB for a 7B bf16 file)."""
+        from .models.quant import has_nonfinite  # in C where built: at memory speed
+
         skipped = set(skip)
         for key in sorted(self.tensors):
             t = self.tensors[key]
@@ -121,9 +122,7 @@ class Checkpoint:
                 continue
             flat = t.detach().reshape(-1)
             for part in flat.split(1 << 22):
-                # a sum is finite iff every term is, unless finite terms overflow: then look closer
-                if not math.isfinite(float(part.sum(dtype=torch.float32))) \
-                        and not bool(torch.isfinite(part).all()):
+                if has_nonfinite(part):
                     raise CheckpointError(f"{self.path}: tensor '{key}' holds NaN or infinite "
                                           "values: the file is damaged")
                 if release is not None:

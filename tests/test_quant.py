@@ -259,3 +259,56 @@ def test_int4_refused_where_not_implemented(tmp_path):
                             vocab_size=50, head_size=32)
     with pytest.raises(ChatRWKVError, match="int4 is not implemented"):
         load_model(path, "cpu", "int4")
+
+
+@needs_quantcpu
+def test_nonfinite_scan_at_every_level_finds_each_bad_value():
+    g = torch.Generator().manual_seed(4)
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) != level:
+                continue
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for n in (1, 15, 300, 4099):
+                    t = (torch.randn(n, generator=g) * 1e3).to(dtype)  # large but finite
+                    assert not quant.has_nonfinite(t)
+                    for pos in (0, n // 2, n - 1):
+                        for bad in (float("nan"), float("inf"), float("-inf")):
+                            u = t.clone()
+                            u[pos] = bad
+                            assert quant.has_nonfinite(u), (level, dtype, n, pos, bad)
+    finally:
+        quant._quantcpu.set_simd(True)
+    strided = torch.zeros(8, 8)[:, 1]
+    strided[3] = float("nan")
+    assert quant.has_nonfinite(strided)  # not contiguous: torch's check
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("shape", [(70, 300), (9, 4096), (3, 40)])
+def test_int4_quantizer_gives_the_same_bits_at_every_level(shape):
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 0.1
+    w[:, 1] *= 40
+    w[0] = 0  # an all-zero row: scale +0 (as the scalar loop), codes 8
+    results = []
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                results.append(quantize_int4(w))
+    finally:
+        quant._quantcpu.set_simd(True)
+    codes, scales = quant._quantize_groups(w[1:], INT4_GROUP)
+    for packed, sc in results:
+        assert torch.equal(packed, results[-1][0]) and torch.equal(sc, results[-1][1])
+        assert torch.equal(sc[1:], scales) and torch.equal(packed[1:], pack_int4(codes))
+        assert bool((sc[0].view(torch.int16) == -32768).all())  # -0.0 in fp16
+
+
+def test_quantizers_refuse_nonfinite_weights():
+    w = torch.randn(40, 64)
+    w[5, 9] = float("nan")
+    with pytest.raises(quant.NonFiniteWeights):
+        quantize_rows(w)
+    with pytest.raises(quant.NonFiniteWeights):
+        quantize_int4(w)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chatrwkv.errors import CheckpointError
 from chatrwkv.models import load_model, quant, weightcache
 from chatrwkv.models.weightcache import cache_files
 from chatrwkv.stwriter import PAD_PREFIX, SafetensorsWriter
@@ -202,3 +203,37 @@ def test_int4_second_load_restores_packed_rows_and_gives_identical_logits(
     monkeypatch.setattr(quant, "quantize_int4", refuse)
     second = _logits(load_model(path, "cpu", "int4"))
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("key", ["blocks.1.ffn.key.weight", "head.weight", "emb.weight",
+                                 "blocks.0.att.w1"])
+def test_nonfinite_weights_are_refused_whether_the_quantizer_or_the_scan_sees_them(
+        tmp_path, monkeypatch, dtype, key):
+    """A quantized matrix is checked by its quantizer (not read again by the scan), the rest by
+    the scan after the build; either way one error naming the tensor, and no cache is left."""
+    version, dims = V7
+    path = write_checkpoint(tmp_path / "nan.pth", version, seed=1, **dims)
+    weights = torch.load(path, weights_only=True)
+    bad = weights[key].clone()
+    bad.view(-1)[bad.numel() // 2 + 1] = float("nan") if "ffn" in key else float("-inf")
+    weights[key] = bad
+    torch.save(weights, path)
+    scanned: list[str] = []
+    real_scan = quant.has_nonfinite
+
+    def scan(t):
+        scanned.append(tuple(t.shape))
+        return real_scan(t)
+    monkeypatch.setattr(quant, "has_nonfinite", scan)
+    with pytest.raises(CheckpointError, match=f"tensor '{key}' holds NaN or infinite"):
+        load_model(path, "cpu", dtype)
+    d = weightcache.cache_dir()
+    assert not d.is_dir() or list(d.iterdir()) == []
+    # a clean file: the big matrices are quantized once, not also scanned as checkpoint tensors
+    clean = write_checkpoint(tmp_path / "ok.pth", version, seed=1, **dims)
+    scanned.clear()
+    load_model(clean, "cpu", dtype)
+    C = dims["n_embd"]
+    assert (4 * C * C,) not in scanned  # ffn.key/value: [4C, C]; no other tensor has that size
+    assert (dims["vocab_size"] * C,) in scanned  # the embedding, which stays as stored

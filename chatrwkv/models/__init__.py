@@ -10,6 +10,7 @@ from ..checkpoint import Checkpoint
 from ..errors import ChatRWKVError, CheckpointError, first_line
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel, resolve_device, resolve_dtype
 from .pages import PageReleaser
+from .quant import NonFiniteWeights
 from .v4 import RWKV4
 from .v5 import RWKV5
 from .v6 import RWKV6
@@ -65,12 +66,20 @@ def load_model(path: Path | str, device: str | None = None, dtype: str | None = 
     ckpt = Checkpoint.open(path)
     cls, _ = detect_version(ckpt)
     cache = open_cache(ckpt.path, ckpt.fingerprint(), dt, notice) if use_cache else None
-    # Matrices a valid cache serves were checked when it was built from this very file (same
-    # fingerprint, size, mtime): a second start does not read the whole checkpoint again.
+    # NaN/Inf are refused after the build, in what it did not check already: matrices a valid
+    # cache serves were checked when it was built from this very file (same fingerprint, size,
+    # mtime), and those it quantizes now are checked by the quantizer, which reads every weight
+    # anyway. So neither start reads the big matrices of the checkpoint twice.
+    served = cache.served_keys() if cache is not None else set()
     try:
-        ckpt.check_finite(skip=cache.served_keys() if cache is not None else (),
-                          release=PageReleaser(ckpt.path).release)
         model = cls(ckpt, device=dev, dtype=dt, chunk_len=chunk_len, cache=cache)
+        ckpt.check_finite(skip=served | (cache.built_keys if cache is not None else set()),
+                          release=PageReleaser(ckpt.path).release)
+    except NonFiniteWeights as e:
+        if cache is not None:
+            cache.abort()
+        raise CheckpointError(f"{ckpt.path}: tensor '{e}' holds NaN or infinite values: the "
+                              "file is damaged") from None
     except BaseException as e:
         if cache is not None:
             cache.abort()

@@ -9,6 +9,7 @@
 
 #include "_cpukern.h"
 #include "_cpubind.h"
+#include "_quantprep.h"
 
 /* gemv(matrix, x address, y address): y = M x, fp32 [in] -> fp32 [out]. */
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
@@ -54,13 +55,30 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    ck_i4_quantize_rows((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
-                        (uint16_t *)(uintptr_t)scales);
+    ck_i4_quantize((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
+                   (uint16_t *)(uintptr_t)scales);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
+/* nonfinite(address, count, dtype): whether any of `count` values (dtype 0 fp32, 1 bf16,
+ * 4 fp16) is NaN or infinite. */
+static PyObject *py_nonfinite(PyObject *self, PyObject *args) {
+    unsigned long long p, n;
+    int dtype, hit;
+    if (!PyArg_ParseTuple(args, "KKi", &p, &n, &dtype)) return NULL;
+    if (dtype != CK_F32 && dtype != CK_BF16 && dtype != 4) {
+        PyErr_SetString(PyExc_ValueError, "nonfinite scans fp32, bf16 or fp16");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hit = ck_nonfinite((const void *)(uintptr_t)p, (size_t)n, dtype);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(hit);
+}
+
 static PyMethodDef methods[] = {
+    {"nonfinite", py_nonfinite, METH_VARARGS, "Whether a buffer holds NaN or Inf."},
     {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},

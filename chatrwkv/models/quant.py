@@ -27,6 +27,11 @@ import torch.nn.functional as F
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
+class NonFiniteWeights(ValueError):
+    """A matrix holds NaN or Inf (a damaged file). The quantizers see every weight anyway, so
+    they check as they go, and the load does not read those tensors a second time to check."""
+
+
 def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | None = None,
                   done: Callable[[torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +45,8 @@ def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | N
     for s in range(0, weight.shape[0], block):
         w = weight[s:s + block].detach().float()
         sc = (w.abs().amax(dim=1) / QMAX).clamp_(min=1e-12)  # an all-zero row keeps scale > 0
+        if not bool(torch.isfinite(sc).all()):  # amax propagates NaN as well as Inf
+            raise NonFiniteWeights("NaN or infinite weights")
         q[s:s + block] = torch.round(w / sc.unsqueeze(1)).clamp_(-QMAX, QMAX)
         scale[s:s + block] = sc
         if done is not None:
@@ -157,6 +164,18 @@ try:
 except ImportError:  # built without a C compiler: the torch twins run
     _quantcpu = None
 
+_SCAN_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 4}  # _quantprep.h's codes
+
+
+def has_nonfinite(t: torch.Tensor) -> bool:
+    """Whether `t` holds NaN or Inf: in C at memory speed (no temporaries) where it is built
+    and `t` is a contiguous fp32/bf16/fp16 CPU tensor, else through torch."""
+    if _quantcpu is not None and t.dtype in _SCAN_DTYPES and t.device.type == "cpu" \
+            and t.is_contiguous():
+        return _quantcpu.nonfinite(t.data_ptr(), t.numel(), _SCAN_DTYPES[t.dtype])
+    return not bool(torch.isfinite(t).all())
+
+
 INT4_BLOCK = 128
 INT4_GROUP = 32  # 4.5 bits a weight with its fp16 scale, as llama.cpp's Q4_0
 INT4_SCALE_DTYPE = torch.float16
@@ -230,6 +249,8 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
 
     def one(s: int) -> None:
         w = weight[s:s + block].detach().float().contiguous()
+        if has_nonfinite(w):
+            raise NonFiniteWeights("NaN or infinite weights")
         if _quantcpu is None or not packed.is_contiguous():
             codes, scales[s:s + block] = _quantize_groups(w, group)
             packed[s:s + block] = pack_int4(codes)
@@ -300,7 +321,7 @@ class Int4Linear:
         want_scales = (shape[0], int4_groups(shape[1], group))
         if packed is None or scales is None or packed.dtype != torch.uint8 \
                 or tuple(packed.shape) != want_packed or scales.dtype != INT4_SCALE_DTYPE \
-                or tuple(scales.shape) != want_scales or not bool(torch.isfinite(scales).all()):
+                or tuple(scales.shape) != want_scales or has_nonfinite(scales):
             raise ValueError(f"not the int4 parts of a {shape} matrix")
         self = cls.__new__(cls)
         self.shape, self.group = tuple(shape), group

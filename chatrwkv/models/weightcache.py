@@ -29,7 +29,7 @@ import torch
 from ..modelstore import models_dir
 from ..stwriter import PAD_PREFIX, SafetensorsWriter, header_room
 from .pages import PageReleaser
-from .quant import Int4Linear, Int8Linear
+from .quant import Int4Linear, Int8Linear, NonFiniteWeights
 
 FORMAT = "1"  # bump when what a dtype prepares changes: old files are then rebuilt
 CACHED_DTYPES = frozenset({"int8", "int4"})  # dtypes whose preparation is worth caching
@@ -115,6 +115,7 @@ class WeightCache:
         self._spoiled: str | None = None  # why a cache file in use turned out bad
         self._write_failed = False
         self.hits = self.built = 0
+        self.built_keys: set[str] = set()
         if self.path.is_file():
             reason = self._open()
             if reason is not None:
@@ -168,6 +169,7 @@ class WeightCache:
                 return obj
         obj = build()
         self.built += 1
+        self.built_keys.add(key)  # its quantizer saw every weight: checked for NaN/Inf
         if self._reader is None and not self._write_failed:
             try:
                 self._write(key, obj)
@@ -245,7 +247,10 @@ def int8_matrix(cache: WeightCache | None, key: str, weight: torch.Tensor,
     shape = (weight.shape[0], weight.shape[1]) if weight.dim() == 2 else tuple(weight.shape)
 
     def build() -> Int8Linear:
-        return Int8Linear(weight, keep_rows=rows is not None, rows_out=rows, done=done)
+        try:
+            return Int8Linear(weight, keep_rows=rows is not None, rows_out=rows, done=done)
+        except NonFiniteWeights:
+            raise NonFiniteWeights(key) from None
 
     def restore(parts: dict[str, torch.Tensor]) -> Int8Linear:
         return Int8Linear.from_parts(parts, shape, keep_rows=rows is not None, rows_out=rows)
@@ -261,7 +266,10 @@ def int4_matrix(cache: WeightCache | None, key: str, weight: torch.Tensor,
     shape = (weight.shape[0], weight.shape[1])
 
     def build() -> Int4Linear:
-        return Int4Linear(weight, packed_out=packed, done=done)
+        try:
+            return Int4Linear(weight, packed_out=packed, done=done)
+        except NonFiniteWeights:
+            raise NonFiniteWeights(key) from None
 
     def restore(parts: dict[str, torch.Tensor]) -> Int4Linear:
         return Int4Linear.from_parts(parts, shape, packed_out=packed)
