@@ -15,8 +15,8 @@
  * 16-bit files, which are then used in place). Each product has an AVX-512 (F/BW/VL), an AVX2
  * and a scalar kernel; the widest the CPU has runs, chosen at run time (ck_init), and tests run
  * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
- * block into 128 fp32 weights with 8 table lookups (vpermps), ~24 G weights/s on one core here
- * (in L2), 2.5x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
+ * block into 128 fp32 weights with 8 table lookups (vpermps), ~23-25 G weights/s on one core
+ * here (in L2), 2.4x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
  * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path).
  *
  * What decides decode speed (one token reads every weight once, from memory): per core the
@@ -257,11 +257,11 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
 #define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 /* Software prefetch of the weight stream into L2, CK_PF_AHEAD bytes ahead, once per 64-byte
- * line. The hardware prefetchers alone left one core streaming bf16 rows at ~9 GB/s and int8
- * at ~9 GB/s while fp32 reached ~15 (fewer bytes per instruction: the core runs out of
+ * line. The hardware prefetchers alone left one core streaming bf16 rows at 9-10 GB/s and int8
+ * at 7-9 GB/s while fp32 reached ~15 (fewer bytes per instruction: the core runs out of
  * demand misses in flight); measured one thread over 600 MB of [2048, 1024] bf16 matrices:
- * no prefetch 8.9 GB/s; 1 KiB ahead 12.8, 2 KiB 13.8, 4 KiB 14.5 (to L1) and 15.4 (to L2),
- * 8 KiB 14.0. A prefetch past the end of the matrix reads a line it does not need and never
+ * no prefetch 8.9 GB/s; into L1 1 KiB ahead 12.8, 2 KiB 13.8, 4 KiB 14.5, 8 KiB 14.0; into
+ * L2 2 KiB 13.6, 4 KiB 15.4 (int8 and int4 alike within noise at 2-8 KiB). A prefetch past the end of the matrix reads a line it does not need and never
  * faults. */
 #ifndef CK_PF_AHEAD  /* -DCK_PF_AHEAD=... to tune */
 #define CK_PF_AHEAD 4096
@@ -496,7 +496,7 @@ CK_AVX512 static void ck_dot4_i8_avx512(const int8_t *w, size_t ld, const float 
  * (load, widen, broadcast, multiply) took as many instructions as the block's products, so the
  * row's scales are first widened 16 at a time into `sf` and each table is one multiply by a
  * broadcast memory operand; with the usual group of 32 the four tables of a block are
- * unrolled. Measured one thread, [256, 768] in L2: 19 -> 26 G weights/s. */
+ * unrolled. Measured one thread in L2: [64, 4096] 17 -> 25 G weights/s, [256, 768] 16 -> 19. */
 CK_AVX512 static float ck_dot_i4_avx512(const uint8_t *w, const uint16_t *gs, int group,
                                         const float *x, int n) {
     const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
