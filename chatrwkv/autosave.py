@@ -16,8 +16,12 @@ possible, and the user gets one line saying what happened and where the text is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
+import shlex
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,4 +144,65 @@ def resume(session: Session, name: str) -> str | None:
     return None
 
 
-__all__ = ["StateFileError", "autosave", "autosave_path", "path_for", "resume"]
+@dataclasses.dataclass(frozen=True)
+class SavedLast:
+    """One model's autosaved `last`, as `+sessions` lists it."""
+
+    path: Path
+    mine: bool               # this model's (what `--resume` reads now)
+    model: str               # "RWKV v7.0 L12 D768" from the file's identity, "?" if unreadable
+    model_path: str | None   # the checkpoint it was saved with (files from before 0.x: None)
+    saved_at: float          # modification time
+
+
+def _header(path: Path) -> dict[str, str]:
+    """A session file's metadata (identity, model path), or {} when it cannot be read: the
+    listing never fails on a damaged file (loading it says what is wrong)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - a listing shows what it can; the load gives the error
+        return {}
+
+
+def saved_lasts(folder: Path, identity: dict[str, str]) -> list[SavedLast]:
+    """Every model's `states/last/FINGERPRINT.session` (not the `.previous` copies), this
+    model's first, then the newest first."""
+    mine = autosave_path(folder, identity)
+    out = []
+    for path in (folder / FOLDER).glob("*" + SUFFIX):
+        if path.stem.endswith(PREVIOUS) or not path.is_file():
+            continue
+        meta = _header(path)
+        try:
+            ident = json.loads(meta.get("identity", "{}"))
+            model = f"RWKV v{ident['version']} L{ident['n_layer']} D{ident['n_embd']}"
+        except (ValueError, TypeError, KeyError):
+            model = "?"
+        with contextlib.suppress(OSError):
+            out.append(SavedLast(path, path == mine, model, meta.get("model_path") or None,
+                                 path.stat().st_mtime))
+    return sorted(out, key=lambda s: (not s.mine, -s.saved_at))
+
+
+def resume_hint(model_path: str | None, demo: Path | None = None) -> str:
+    """The command that continues a model's `last` (no --model for the demo model)."""
+    if model_path is None:
+        return "chatrwkv --model PATH --resume"
+    if demo is not None and os.path.realpath(model_path) == os.path.realpath(demo):
+        return "chatrwkv --resume"
+    return f"chatrwkv --model {shlex.quote(model_path)} --resume"
+
+
+def describe_last(last: SavedLast, demo: Path | None = None) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.saved_at))
+    whose = "this model" if last.mine else last.model
+    name = f", {Path(last.model_path).name}" if last.model_path else ""
+    how = "`--resume` continues it" if last.mine else f"`{resume_hint(last.model_path, demo)}`"
+    return f"last ({whose}{name}, saved {when}): {how}"
+
+
+__all__ = ["StateFileError", "autosave", "autosave_path", "describe_last", "path_for", "resume",
+           "saved_lasts"]

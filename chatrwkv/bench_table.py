@@ -45,6 +45,7 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
                  "greedy tokens agree"):
         versus.add_column(name, justify="left" if name in ("model", "engine") else "right")
     errors: list[str] = []
+    paged_note = False
     for model in report["models"]:
         name = f"{Path(model['path']).name} (v{model['version']})"
         for r in model["results"]:
@@ -60,7 +61,11 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
             engine = Text(r["label"])
             if r.get("engine_path"):
                 engine.append(f"\n{r['engine_path']}", style="dim")
-            table.add_row(name, engine, f"{r['load_s']:.2f}", _mib(r["weight_bytes"]), rss,
+            held = _mib(r["weight_bytes"])
+            if r.get("paged_bytes"):
+                held += f"\n+{_mib(r['paged_bytes'])} paged"
+                paged_note = True
+            table.add_row(name, engine, f"{r['load_s']:.2f}", held, rss,
                           f"{r['rss_peak_bytes'] / weights:.2f}", f"{own / weights:.2f}",
                           _speed(r["prefill_tok_s"]), _speed(r["decode_tok_s"]),
                           _bandwidth_ratio(r, m), f"{r['state_bytes'] / 1024:.0f}")
@@ -68,6 +73,9 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
                 versus.add_row(name, r["label"], *(_times(vs[k]) for k in (
                     "prefill_x", "decode_x", "load_time_x", "rss_peak_x")),
                     f"{vs['greedy_tokens_agree']}/{len(r['decode_ids'])}")
+    if paged_note:
+        table.caption += ("; +N paged: tables read a row per token and left in the file's pages "
+                          "(DeepEmbed's s_emb), not in the weights RSS/w divides by")
     console.print(table)
     if versus.row_count:
         console.print(versus)

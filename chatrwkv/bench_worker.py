@@ -65,16 +65,23 @@ class ChatEngine:
         return self.model.zero_state().nbytes
 
     def weight_bytes(self) -> int:
-        return tensor_bytes(self.model)
+        """Bytes of the weights the model holds: not the tables it leaves in the file's pages
+        and hands back as it reads them (DeepEmbed's s_emb, `paged_bytes`), which would make
+        peak RSS / weights look several times better than it is."""
+        return tensor_bytes(self.model) - self.paged_bytes()
+
+    def paged_bytes(self) -> int:
+        return tensor_bytes(self.model.paged_tables())
 
     def decode_bytes(self) -> int:
-        """Bytes one decode step reads: every weight tensor but the embedding table, and one
-        row (not fbgemm's packed int8 copies: only the sequence path reads those)."""
-        total = tensor_bytes(self.model, opaque=False)
-        emb = getattr(self.model, "emb", None)
-        if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
-            return total
-        return total - tensor_bytes(emb) + emb[0].numel() * emb.element_size()
+        """Bytes one decode step reads: every weight tensor but the embedding tables (the
+        embedding, DeepEmbed's per-layer s_emb), and one row of each. fbgemm's packed int8
+        copies count only where no C step runs (v5, v6): a C step reads the plain rows, and
+        only the sequence path the packed copy."""
+        total = tensor_bytes(self.model, opaque=not self.model.has_c_step)
+        for table in self.model.embedding_tables():
+            total += table[0].numel() * table.element_size() - tensor_bytes(table)
+        return total
 
     def describe(self) -> str:
         return self.model.describe()
@@ -209,6 +216,8 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
            "rss_peak_bytes": _memory("VmHWM"), **result}
     if hasattr(engine, "decode_bytes"):
         out["decode_bytes"] = engine.decode_bytes()
+    if hasattr(engine, "paged_bytes") and (paged := engine.paged_bytes()):
+        out["paged_bytes"] = paged
     if engine.device == "cuda":
         out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     out_path.write_text(json.dumps(out))

@@ -18,7 +18,7 @@ import math
 from .commands import check_temperature, check_top_p
 from .errors import ChatRWKVError
 from .prompts import default_prompt_name
-from .sampling import SamplingSettings
+from .samplingsettings import SamplingSettings
 from .templates import THINK_MODES, check_think_mode
 
 CHAT_MAX_TOKENS = 999      # ChatRWKV v2's bound; its newline schedule ends replies long before

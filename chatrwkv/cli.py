@@ -65,7 +65,7 @@ def _number(check):
 
 
 def _setting(name: str):
-    from .sampling import setting_problem
+    from .samplingsettings import setting_problem
 
     return _number(lambda v: setting_problem(name, v))
 
@@ -89,7 +89,7 @@ _positive_int = _whole(1)
 
 def build_parser() -> argparse.ArgumentParser:
     from .chatsettings import CHAT_MAX_TOKENS, G1_CHAT_MAX_TOKENS, HISTORY_MODES
-    from .sampling import SamplingSettings
+    from .samplingsettings import SamplingSettings
     from .templates import THINK_MODES
 
     d = SamplingSettings()
@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     m.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8", "int4"],
                    help="weight precision (default: fp32 on CPU, fp16 on CUDA; int8: 8-bit "
-                   "weights with per-channel scales, CPU only, v4 and v7; int4: 4-bit weights "
-                   "with a scale per 32, CPU only, v4 and v7)")
+                   "weights with per-channel scales, CPU only; int4: 4-bit weights with a scale "
+                   "per 32, CPU only)")
     m.add_argument("--chunk-len", type=_positive_int, default=256, metavar="N",
                    help="tokens per parallel prefill chunk (default 256)")
     m.add_argument("--threads", type=_positive_int, metavar="N",
@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "english-world, english-pile, chinese, english-qa (default follows the "
                    "tokenizer)")
     c.add_argument("--resume", nargs="?", const="last", metavar="NAME",
-                   help="continue a saved session (default: 'last', saved when a chat ends); "
-                   "sessions live in $CHATRWKV_HOME/states (default ~/.local/state/chatrwkv)")
+                   help="continue a saved session (default: 'last', this model's conversation, "
+                   "saved when a chat ends; +sessions lists every model's); sessions live in "
+                   "$CHATRWKV_HOME/states (default ~/.local/state/chatrwkv)")
     c.add_argument("--state", metavar="FILE", help="start from a state-tuning file (.pth with "
                    "blocks.N.att.time_state, or its safetensors .state form; v5, v6, v7)")
     c.add_argument("--no-autosave", action="store_true",
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the conversation)")
     c.add_argument("--show-thinking", action="store_true",
                    help="piped mode: print a reply's thinking too (as <think>...</think>)")
+    c.add_argument("--verbose", action="store_true", help="piped mode: each reply's stats line "
+                   "(first token, prefill and decode speed, end to end) on stderr")
     s = ap.add_argument_group("sampling (default: the model's, see README; ChatRWKV v2's "
                               f"T {d.temperature} top-p {d.top_p} for v4/v5/v6 and Pile)")
     s.add_argument("--temp", type=_number(check_temperature), metavar="T",
@@ -201,6 +204,14 @@ def default_threads(model_path: Path) -> int | None:
         return None
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's thread count, in the calling thread (an OpenMP setting is per thread)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def build_session(args: argparse.Namespace, model_path: Path):
     """Load the model, its tokenizer and the prompt; read the prompt into the state."""
     import dataclasses
@@ -213,11 +224,7 @@ def build_session(args: argparse.Namespace, model_path: Path):
     from .templates import clean_text
     from .tokenizer import load_tokenizer
 
-    threads = args.threads or default_threads(model_path)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)  # before the load: the C step's pool takes it too
+    set_threads(args.threads or default_threads(model_path))  # before the load: the C pool too
     model = load_model(model_path, device=args.device, dtype=args.dtype, chunk_len=args.chunk_len)
     tokenizer = load_tokenizer(model.config.vocab_size, args.tokenizer)
     profile = profile_for(model.config.version, tokenizer.name)  # version + vocabulary decide
@@ -278,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = args.prompt or DEMO_PROMPT
         ui.print_note(DEMO_BANNER)
 
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive and args.prompt and not args.resume:
+        return _chat_while_loading(args, resume_command(model_given))
     try:
         session = build_session(args, _resolve_model(args.model))
     except ChatRWKVError as e:
@@ -285,6 +295,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return ui.run(session, interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+    return ui.run(session, interactive=interactive,
                   save_at_exit=not args.no_autosave, resume_command=resume_command(model_given),
-                  show_thinking=args.show_thinking)
+                  show_thinking=args.show_thinking, verbose=args.verbose)
+
+
+def _chat_while_loading(args: argparse.Namespace, resume: str) -> int:
+    """The terminal chat when its prompt is known before the model (the demo model, --prompt):
+    the prompt shows at once and the model loads on a thread (torch's import and the load are
+    most of a start); the first command waits for it (see backgroundload.py). Piped mode never
+    comes here: it loads first, so its output cannot depend on timing."""
+    from . import ui
+    from .backgroundload import BackgroundLoad
+    from .prompts import load_prompt
+
+    try:
+        prompt = load_prompt(args.prompt)
+        model_path = _resolve_model(args.model)
+    except ChatRWKVError as e:
+        ui.print_error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    threads = args.threads or default_threads(model_path)
+    loading = BackgroundLoad(lambda: build_session(args, model_path),
+                             then=lambda _: set_threads(threads))
+    code = ui.run(None, interactive=True, save_at_exit=not args.no_autosave,
+                  resume_command=resume, loading=loading, prompt=prompt)
+    if not loading.done():
+        # left before the load ended (Ctrl-D, Ctrl-C while waiting): nothing to save, and a
+        # thread still importing torch must not meet the interpreter's shutdown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

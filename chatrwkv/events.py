@@ -4,12 +4,15 @@ the transcript, a snapshot of a point in the conversation, and the events the UI
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
-
-from .sampling import SamplingSettings
-from .state import State
+from .samplingsettings import SamplingSettings
 from .stats import Stats
+
+if TYPE_CHECKING:  # torch stays unimported until the model loads (start-up, issue 15)
+    import torch
+
+    from .state import State
 
 
 @dataclasses.dataclass(frozen=True)

@@ -308,6 +308,13 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
+def _tables(n: int) -> str:
+    """What `info`'s embedding-tables line counts (RWKVModel.embedding_tables)."""
+    if n == 1:
+        return "the embedding; a token reads one row of it"
+    return f"the embedding and {n - 1} per-layer DeepEmbed tables; a token reads one row of each"
+
+
 def _cmd_list(console) -> int:
     from rich.table import Table
 
@@ -358,6 +365,8 @@ def _cmd_info(console, name: str) -> int:
     path = resolve_model(name)
     info = check_model(path)
     meta = read_meta(path)
+    tables = (f"{info['table_params']:,} ({_params(info['table_params'])}) of the parameters: "
+              f"{_tables(info['n_tables'])}")
     rows = [
         ("file", str(path)), ("file size", _bytes(path.stat().st_size)),
         ("source", f"{meta['repo']}/{meta['path']}" if meta.get("repo") else "(added by hand)"),
@@ -365,6 +374,7 @@ def _cmd_info(console, name: str) -> int:
         ("width", str(info["n_embd"])), ("heads", f"{info['n_head']} x {info['head_size']}"),
         ("ffn width", str(info["ffn_dim"])),
         ("parameters", f"{info['params']:,} ({_params(info['params'])})"),
+        ("embedding tables", tables),
         ("vocabulary", f"{info['vocab_size']} ({tokenizer_name(info['vocab_size'])})"),
         ("state size", f"{info['state_bytes']:,} bytes ({_bytes(info['state_bytes'])})"),
         ("dtype on disk", info["disk_dtype"]),

@@ -90,7 +90,10 @@ def check_model(path: Path | str) -> dict[str, Any]:
     c = model.config
     config = {k: getattr(c, k) for k in ("version", "n_layer", "n_embd", "n_head", "head_size",
                                          "vocab_size", "ffn_dim")}
-    return {**dataclasses.asdict(facts), **config, "state_bytes": model.zero_state().nbytes}
+    # a token reads one row of these tables, not the whole: counted apart from the matrices
+    table_params = sum(t.numel() for t in model.embedding_tables())
+    return {**dataclasses.asdict(facts), **config, "state_bytes": model.zero_state().nbytes,
+            "table_params": table_params, "n_tables": len(model.embedding_tables())}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from . import autosave, sessionfile, transcript
+from . import autosave, sessionfile, sessionread, transcript
 from . import commands as C
 from .conversation import Conversation, Hollow, Node, first_words
 from .errors import ChatRWKVError
@@ -130,8 +130,16 @@ class TreeCommands:
         yield Info(f"loaded '{cmd.name}': {len(self.s.tree.nodes)} turns, at {self.where()}")
 
     def _on_sessions(self, cmd: C.Sessions, settings: SamplingSettings) -> Iterator[Event]:
-        names = sessionfile.list_sessions(self.s.states_folder)
-        yield Info(", ".join(names) if names else f"no saved sessions in {self.s.states_folder}")
+        from .autosave import describe_last, saved_lasts
+        from .defaults import DEMO_MODEL
+
+        folder = self.s.states_folder
+        names = sessionfile.list_sessions(folder)
+        lasts = saved_lasts(folder, self.s.model.identity())
+        if names or not lasts:
+            yield Info(", ".join(names) if names else f"no saved sessions in {folder}")
+        for last in lasts:  # the conversations saved when a chat ended, one per model
+            yield Info(describe_last(last, DEMO_MODEL))
 
     def _on_export(self, cmd: C.Export, settings: SamplingSettings) -> Iterator[Event]:
         path = expand(cmd.path)
@@ -158,7 +166,7 @@ class TreeCommands:
 
     def load_named(self, name: str) -> None:
         """Replace the whole session by a saved one; raises StateFileError and changes nothing."""
-        loaded = sessionfile.load_session(self.s, self._session_path(name, reading=True))
+        loaded = sessionread.load_session(self.s, self._session_path(name, reading=True))
         tree: Conversation = loaded.tree
         old = self.s.tree, self.s.initial_state
         self.s.tree, self.s.initial_state = tree, loaded.initial_state

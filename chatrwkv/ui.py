@@ -11,22 +11,16 @@ import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from prompt_toolkit import PromptSession
-from prompt_toolkit.history import InMemoryHistory
-from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from . import commands as C
-from .autosave import autosave as save_last
-from .completion import ChatCompleter
 from .errors import ChatRWKVError
-from .history import PrivateHistory
-from .session import (
+from .events import (
     Chunk,
     Event,
     ExitRequested,
@@ -34,7 +28,6 @@ from .session import (
     Problem,
     ReplyEnd,
     ReplyStart,
-    Session,
     ShowHelp,
     ShowSettings,
     ShowTranscript,
@@ -42,11 +35,20 @@ from .session import (
     Stats,
     ThinkChunk,
 )
-from .sessionfile import home_dir, list_sessions
+from .sessionpaths import home_dir, list_sessions
 from .stats import format_stats
 from .termtext import terminal_safe
 from .textin import valid_text
 from .typeahead import quiet_keys
+
+if TYPE_CHECKING:  # torch loads with the model, after the prompt shows (start-up, issue 15);
+    # prompt_toolkit only in the terminal (piped mode never imports it)
+    from prompt_toolkit import PromptSession
+
+    from .backgroundload import BackgroundLoad
+    from .history import PrivateHistory
+    from .prompts import Prompt
+    from .session import Session
 
 BLOCK = '"""'  # a line of three quotes starts and ends a multi-line message
 
@@ -101,9 +103,11 @@ def stats_line(stats: Stats, interrupted: bool) -> str:
 # --- piped mode --------------------------------------------------------------------------------
 
 def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
-              show_thinking: bool = False) -> int:
+              show_thinking: bool = False, verbose: bool = False) -> int:
     """Replies on `out`: the answer only, unless `show_thinking` (then `<think>...</think>`
-    and a newline come first, as the model wrote them)."""
+    and a newline come first, as the model wrote them). `verbose`: each reply's end-to-end
+    stats line on `err` after it (as llama-cli prints its timings to stderr), so `out` stays
+    the text alone."""
     for line in lines:
         thinking = False
         for event in _run_command(session, line.rstrip("\r\n")):
@@ -120,6 +124,9 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO, err: TextIO,
                 out.write("</think>\n" if thinking else "\n")
                 thinking = False
                 out.flush()
+                if verbose:
+                    err.write(stats_line(event.stats, event.interrupted) + "\n")
+                    err.flush()
             elif isinstance(event, ShowSettings):
                 out.write("".join(f"{k}: {v}\n" for k, v in event.rows))
             elif isinstance(event, (Info, Problem)):
@@ -145,20 +152,55 @@ def _run_command(session: Session, line: str) -> Iterator[Event]:
 # --- interactive mode --------------------------------------------------------------------------
 
 class Terminal:
-    def __init__(self, session: Session, console: Console | None = None):
+    """The interactive chat. With `loading` (and the `prompt` it will use), the session is still
+    loading on a thread: the prompt shows at once and the first command waits for the load."""
+
+    def __init__(self, session: Session | None, console: Console | None = None,
+                 loading: BackgroundLoad[Session] | None = None, prompt: Prompt | None = None):
         self.session = session
+        self.loading = loading
+        self.early_prompt = prompt
         self.console = console or Console(highlight=False)
         self.history: PrivateHistory | None = None
 
     def banner(self) -> None:
-        s, p = self.session, self.session.prompt
+        if self.session is not None:
+            self.model_lines()
+        else:
+            self.console.print(Text.assemble(("chatrwkv", "bold"), "  loading the model...",
+                                             style="cyan"))
+        p = self.session.prompt if self.session is not None else self.early_prompt
+        self.console.print(Text(f"prompt '{p.name}': you are {p.user}, talking with {p.bot}. "
+                                "+help lists commands, Ctrl-C stops a reply, Ctrl-D leaves.",
+                                style="dim"))
+
+    def model_lines(self) -> None:
+        s = self.session
         describe = getattr(s.model, "describe", lambda: "model")()
         self.console.print(Text.assemble(("chatrwkv", "bold"), f"  {describe}", style="cyan"))
         if engine := getattr(s.model, "engine_path", None):
             self.console.print(Text(f"engine: {engine}", style="dim"))
-        self.console.print(Text(f"prompt '{p.name}': you are {p.user}, talking with {p.bot}. "
-                                "+help lists commands, Ctrl-C stops a reply, Ctrl-D leaves.",
-                                style="dim"))
+
+    def finish_load(self) -> bool:
+        """Wait for a load still running (the first command): True once the session is here;
+        False after its error, printed as one line. Ctrl-C while waiting raises KeyboardInterrupt
+        (the run leaves with 130: there is nothing to save yet)."""
+        if self.session is not None:
+            return True
+        if not self.loading.done():
+            self.console.print(Text("(waiting for the model to load)", style="dim"))
+        # Ctrl-C leaves even where SIGINT came in ignored (a chat started by a background job),
+        # as it stops a reply there (ctrl_c_stops)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.session = self.loading.result()
+        except ChatRWKVError as e:
+            print_error(str(e))
+            return False
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.model_lines()
+        return True
 
     def show_help(self) -> None:
         table = Table(show_header=False, box=None, padding=(0, 2))
@@ -193,6 +235,10 @@ class Terminal:
 
     def toolbar(self) -> str:
         s = self.session
+        if s is None:
+            state = ("the model did not load (Enter says why)" if self.loading.failed() else
+                     "model ready" if self.loading.done() else "loading the model...")
+            return f" {state} | prompt {self.early_prompt.name} "
         describe = getattr(s.model, "describe", lambda: "model")()
         think = f"think {s.think_mode()} | " if s.prompt.style == "g1" else ""
         system = "system on | " if s.prompt.system else ""
@@ -244,6 +290,13 @@ class Terminal:
         return True
 
     def prompt_session(self) -> PromptSession:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        from .completion import ChatCompleter
+        from .history import PrivateHistory
+
         keys = KeyBindings()
 
         @keys.add("escape", "enter")
@@ -258,9 +311,9 @@ class Terminal:
         except (OSError, ChatRWKVError) as e:
             self.console.print(Text(f"(history not kept: {getattr(e, 'strerror', None) or e})",
                                     style="dim"))
-        s = self.session
-        completer = ChatCompleter(sessions=lambda: list_sessions(s.states_folder),
-                                  branches=lambda: s.tree.branches)
+        completer = ChatCompleter(
+            sessions=lambda: list_sessions(self.session.states_folder if self.session else None),
+            branches=lambda: self.session.tree.branches if self.session else [])
         return PromptSession(history=history, completer=completer, key_bindings=keys,
                              bottom_toolbar=self.toolbar, complete_while_typing=False,
                              enable_history_search=False)
@@ -268,8 +321,10 @@ class Terminal:
     def read(self, prompt_session: PromptSession) -> str:
         """One input: a line, an Alt+Enter multi-line text, or a \"\"\" block (Ctrl-D in a
         block cancels the block, not the chat)."""
-        p = self.session.prompt
-        text = prompt_session.prompt(f"{p.user}{p.separator} ")
+        p = self.session.prompt if self.session is not None else self.early_prompt
+        # while loading, redraw twice a second so the toolbar says when the model is ready
+        text = prompt_session.prompt(f"{p.user}{p.separator} ",
+                                     refresh_interval=0.5 if self.session is None else 0)
         for note in self.history.take_notes() if self.history else ():
             self.console.print(Text(f"({note})", style="dim"))
         if text.strip() != BLOCK:
@@ -294,6 +349,8 @@ class Terminal:
             except EOFError:
                 return 0
             with quiet_keys():  # keys typed during a reply wait for the next prompt, unseen
+                if not self.finish_load():
+                    return 1
                 if not self.render(_run_command(self.session, line)):
                     return 0
 
@@ -322,6 +379,8 @@ def _on_signal(signum, frame):
 def autosave(session: Session, resume_command: str = "chatrwkv --resume") -> None:
     """Save the session as this model's `last` (what `--resume` reads); a failure is one line,
     never a traceback, and a dead terminal (closed window) is not written to."""
+    from .autosave import autosave as save_last
+
     saved, line = save_last(session)
     try:
         if not saved and line:
@@ -344,18 +403,24 @@ def _piped_lines() -> Iterable[str]:
     return sys.stdin
 
 
-def run(session: Session, interactive: bool, save_at_exit: bool = True,
-        resume_command: str = "chatrwkv --resume", show_thinking: bool = False) -> int:
+def run(session: Session | None, interactive: bool, save_at_exit: bool = True,
+        resume_command: str = "chatrwkv --resume", show_thinking: bool = False,
+        verbose: bool = False, loading: BackgroundLoad[Session] | None = None,
+        prompt: Prompt | None = None) -> int:
     """The chat loop; the session is saved when it ends (Ctrl-D, +exit, end of input, SIGHUP,
-    SIGTERM, Ctrl-C while piped input waits)."""
+    SIGTERM, Ctrl-C while piped input waits). Interactive only: with `loading` instead of a
+    session, the prompt shows while the session loads (see Terminal)."""
     handled = [s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None]
     previous = {s: signal.signal(s, _on_signal) for s in handled}
     code = 0
+    terminal = None
     try:
         if interactive:
-            code = Terminal(session).loop()
+            terminal = Terminal(session, loading=loading, prompt=prompt)
+            code = terminal.loop()
         else:
-            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr, show_thinking)
+            code = run_piped(session, _piped_lines(), sys.stdout, sys.stderr, show_thinking,
+                             verbose)
     except HangUp as e:
         code = e.code
     except KeyboardInterrupt:  # Ctrl-C while piped mode waits for a line
@@ -365,6 +430,7 @@ def run(session: Session, interactive: bool, save_at_exit: bool = True,
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if save_at_exit:
+        session = terminal.session if terminal is not None else session
+        if save_at_exit and session is not None:  # None: left before the load ended
             autosave(session, resume_command)
     return code

@@ -5,7 +5,9 @@
 can press Ctrl-C in the middle of a long reply; with --short a chat reply ends by itself after
 100 tokens (2 s). --escapes makes the reply " ESC[31mR CR !": a model trying to recolour the
 terminal and overwrite its line. --g1 chats with the G1 prompt in think mode, and every reply
-is the scripted THOUGHT (thinking, then an answer), 30 ms a token.
+is the scripted THOUGHT (thinking, then an answer), 30 ms a token. --gate FILE builds the session
+on the background load the terminal uses at start-up, finishing only once FILE exists (it fails
+with one ChatRWKVError if FILE holds "fail").
 """
 
 import sys
@@ -18,7 +20,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from chat_fakes import BigramModel, FakeTokenizer, ScriptModel
 
 from chatrwkv import ui
+from chatrwkv.backgroundload import BackgroundLoad
 from chatrwkv.chatsettings import G1_SAMPLING, ChatOptions
+from chatrwkv.errors import ChatRWKVError
 from chatrwkv.prompts import load_prompt
 from chatrwkv.session import Session
 
@@ -52,6 +56,20 @@ def main() -> int:
         session.start(prompt)
         return ui.run(session, interactive=sys.stdin.isatty(),
                       show_thinking="--show-thinking" in sys.argv)
+    if "--gate" in sys.argv:
+        gate = Path(sys.argv[sys.argv.index("--gate") + 1])
+        prompt = load_prompt("english-world")
+
+        def build() -> Session:
+            while not gate.exists():
+                time.sleep(0.02)
+            if gate.read_text() == "fail":
+                raise ChatRWKVError("model.pth: damaged checkpoint (test)")
+            session = Session(BigramModel(YES), FakeTokenizer(), prompt, seed=0, max_tokens=12)
+            session.start(prompt)
+            return session
+
+        return ui.run(None, interactive=True, loading=BackgroundLoad(build), prompt=prompt)
     slow = "--slow" in sys.argv
     model = Slow({"a": "b", "b": "a", " ": "a", ":": " "}) if slow else BigramModel(
         ESCAPES if "--escapes" in sys.argv else YES)

@@ -189,6 +189,23 @@ def test_last_is_kept_per_model_and_an_empty_chat_replaces_nothing(files, tmp_pa
     assert code == 0 and "gen: for model other" in out, err
 
 
+def test_sessions_lists_every_models_last_with_its_model(files, tmp_path):
+    home = tmp_path / "home"
+    assert cli([], home, "+gen for model other\n", model=files / "other.pth")[0] == 0
+    code, _, err = cli(["--no-autosave"], home, "+sessions\n", model=files / "m.pth")
+    other = f"`chatrwkv --model {files / 'other.pth'} --resume`"
+    assert code == 0 and err.startswith("last (RWKV v7.0 L2 D64, other.pth, saved "), err
+    assert err.strip().endswith(other) and len(err.strip().splitlines()) == 1
+    assert cli([], home, "+gen for model m\n+save named\n", model=files / "m.pth")[0] == 0
+    code, _, err = cli(["--no-autosave"], home, "+sessions\n", model=files / "m.pth")
+    lines = err.strip().splitlines()
+    assert code == 0 and lines[0] == "named", err
+    assert lines[1].startswith("last (this model, m.pth, saved ") and \
+        lines[1].endswith("`--resume` continues it")
+    assert lines[2].startswith("last (RWKV v7.0 L2 D64, other.pth") and lines[2].endswith(other)
+    assert len(lines) == 3  # the `.previous` copies are not listed
+
+
 def test_resume_without_a_saved_conversation_starts_fresh(files, tmp_path):
     code, out, err = cli(["--resume"], tmp_path, "+gen hi\n", model=files / "m.pth")
     assert code == 0 and out.strip()
@@ -225,3 +242,12 @@ def test_a_signal_while_waiting_saves_the_chat(files, tmp_path, sig, code):
     _, err = p.communicate(timeout=60)
     assert p.returncode == code and b"Traceback" not in err, err
     assert len(list((tmp_path / "states" / "last").glob("*.session"))) == 1
+
+
+def test_resume_hint_names_the_model_except_the_demo():
+    from chatrwkv.autosave import resume_hint
+    from chatrwkv.defaults import DEMO_MODEL
+
+    assert resume_hint(str(DEMO_MODEL), DEMO_MODEL) == "chatrwkv --resume"
+    assert resume_hint("/m/a b.pth", DEMO_MODEL) == "chatrwkv --model '/m/a b.pth' --resume"
+    assert resume_hint(None, DEMO_MODEL) == "chatrwkv --model PATH --resume"

@@ -4,6 +4,7 @@ fp32 in both the RNN and the sequence path."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -157,6 +158,29 @@ def test_released_checkpoint_pages_read_back_unchanged(tmp_path):
     assert torch.equal(in_memory, kept)
 
 
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(sys.platform != "linux" or tuple(map(int, os.uname().release.split(".")[:2]))
+                    < (5, 14), reason="MADV_POPULATE_READ is Linux 5.14+")
+def test_populate_reads_a_mapped_tensor_in_with_one_call(tmp_path):
+    from chatrwkv.models.pages import populate
+
+    data = torch.randn(16 << 18)  # 16 MiB
+    (tmp_path / "m.bin").write_bytes(data.numpy().tobytes())
+    mapped = torch.from_file(str(tmp_path / "m.bin"), shared=True, size=data.numel())
+    before = _rss_file_kib()
+    populate(mapped[: 8 << 18])  # the first 8 MiB: resident now, the rest not yet
+    grown = _rss_file_kib() - before
+    assert 7 << 10 < grown < 12 << 10, grown
+    assert torch.equal(mapped, data)
+    in_memory = data.clone()
+    populate(in_memory)  # resident memory: nothing to read, nothing changes
+    assert torch.equal(in_memory, data)
+
+
 # --- 4-bit weights (quant.py's int4, _quantcpu.c) ------------------------------------------------
 
 needs_quantcpu = pytest.mark.skipif(quant._quantcpu is None, reason="C extension not built")
@@ -257,8 +281,14 @@ def test_int4_refused_where_not_implemented(tmp_path):
         resolve_dtype("int4", torch.device("cuda"))
     path = write_checkpoint(tmp_path / "v5.pth", "5.2", seed=1, n_layer=1, n_embd=64,
                             vocab_size=50, head_size=32)
+    from chatrwkv.checkpoint import Checkpoint
+    from chatrwkv.models.v5 import RWKV5
+
+    class NoInt4(RWKV5):  # every version has int4 now; a new one may not at first
+        supports_int4 = False
+
     with pytest.raises(ChatRWKVError, match="int4 is not implemented"):
-        load_model(path, "cpu", "int4")
+        NoInt4(Checkpoint.open(path), torch.device("cpu"), "int4")
 
 
 @needs_quantcpu
@@ -312,3 +342,30 @@ def test_quantizers_refuse_nonfinite_weights():
         quantize_rows(w)
     with pytest.raises(quant.NonFiniteWeights):
         quantize_int4(w)
+
+
+def _quantize_rows_twin(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows's torch loop, whatever the C extension."""
+    saved, quant._quantcpu = quant._quantcpu, None
+    try:
+        return quantize_rows(w)
+    finally:
+        quant._quantcpu = saved
+
+
+@needs_quantcpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_c_quantizer_gives_the_twins_bits_at_every_level(dtype):
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(300, 1000, generator=g) * torch.rand(300, 1, generator=g)
+    w[3] = 0
+    w[4, :10] = torch.arange(10) * 0.5  # halves: ties that round to even
+    w = w.to(dtype)
+    twin = _quantize_rows_twin(w)
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                q, s = quantize_rows(w)
+                assert torch.equal(q, twin[0]) and torch.equal(s, twin[1]), level
+    finally:
+        quant._quantcpu.set_simd(True)

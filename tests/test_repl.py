@@ -257,3 +257,12 @@ def test_tab_completes_branch_and_session_names(tmp_path):
     child.expect("User:")
     child.sendline("+exit")
     child.expect(pexpect.EOF)
+
+
+def test_verbose_puts_the_stats_line_on_stderr_and_leaves_stdout_alone(tmp_path):
+    args = ("--no-autosave", "--seed", "1", "--max-tokens", "5")
+    plain = cli(*args, input_text="+gen The king\n", tmp_path=tmp_path)
+    verbose = cli(*args, "--verbose", input_text="+gen The king\n", tmp_path=tmp_path)
+    assert plain.returncode == verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout == plain.stdout and plain.stdout.strip()
+    assert "5 tokens · first token" in verbose.stderr and "tok/s" not in plain.stderr

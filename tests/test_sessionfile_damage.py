@@ -34,8 +34,8 @@ def run(s, line):
 
 def saved(tmp_path):
     a = make(tmp_path)
-    for line in ["hello", "+", "+gen free", "+branch side", "more", "+undo", "again",
-                 "+switch main", "+save good"]:
+    for line in ["hello", "+", "+gen free", "+branch side", "more", "+undo", "again", "+undo",
+                 "+switch main", "+save good"]:  # side's redo stack is saved, parked
         run(a, line)
     with safe_open(str(tmp_path / "good.session"), framework="pt") as f:
         meta = f.metadata()

@@ -103,3 +103,28 @@ def test_session_stats_count_detokenizing_not_only_the_forward_pass(line):
     assert s.decode_s == pytest.approx(0.04 * s.tokens)
     assert s.decode_rate == pytest.approx(25.0)
     assert s.first_token_s == pytest.approx(s.prefill_s + 0.04)
+
+
+def test_verbose_piped_mode_prints_each_replys_stats_on_stderr_only():
+    """`--verbose` in piped mode: the stats line after each reply goes to stderr (as llama-cli's
+    timings); stdout is byte for byte what it is without the flag."""
+    import io
+
+    from chatrwkv.ui import run_piped
+
+    def run(verbose: bool) -> tuple[str, str]:
+        prompt = Prompt(name="t", user="User", bot="Bot", separator=":", init="\n")
+        session = Session(FakeModel(), FakeTokenizer(), prompt, seed=0, max_tokens=4)
+        session.start(prompt)
+        out, err = io.StringIO(), io.StringIO()
+        run_piped(session, ["hi\n", "+gen x\n", "+set temperature 1\n"], out, err,
+                  verbose=verbose)
+        return out.getvalue(), err.getvalue()
+
+    quiet_out, quiet_err = run(False)
+    out, err = run(True)
+    assert out == quiet_out and quiet_out.strip()
+    stats = [line for line in err.splitlines() if "tok/s" in line]
+    assert len(stats) == 2 and "tok/s" not in quiet_err and "tok/s" not in out
+    assert stats[1].startswith("4 tokens · first token ")
+    assert [line for line in err.splitlines() if "tok/s" not in line] == quiet_err.splitlines()

@@ -246,3 +246,18 @@ def test_native_true_requires_the_core(monkeypatch):
     with pytest.raises(TokenizerError, match="not built"):
         WorldTokenizer(vocab, native=True)
     assert not WorldTokenizer(vocab).native  # the default falls back on the Python path
+
+
+@needs_native
+def test_the_c_core_starts_without_the_python_paths_facts():
+    """Start-up: the facts only the Python path needs are built on first use, and then agree."""
+    tok = WorldTokenizer.from_file(VOCAB, name="world", vocab_size=65536, native=True)
+    text = "Romeo: hello there, 你好 \n\n"
+    ids = tok.encode(text)
+    assert tok._facts_built is None
+    assert tok.encode_reference(text) == ids and tok._facts_built is not None
+
+
+def test_a_vocabulary_without_every_byte_is_still_refused():
+    with pytest.raises(TokenizerError, match="lacks single-byte tokens"):
+        WorldTokenizer({1: b"a", 2: b"b"}, native=False)

@@ -163,3 +163,63 @@ def test_goto_and_parked_redo_survive_save_and_load(tmp_path):
     assert user_messages(t) == ["a"]
     run(t, "+redo")
     assert user_messages(t) == ["a", "b"]
+
+
+def test_other_branches_redo_stacks_survive_save_and_load(tmp_path):
+    s = make(tmp_path)
+    run(s, "one")
+    run(s, "two")
+    run(s, "+undo")                # main can redo "two"
+    run(s, "+branch alt")
+    run(s, "+undo")                # alt can redo "one"
+    run(s, "+switch main")         # alt's stack is parked
+    assert s.tree.parked_redo["alt"]
+    assert isinstance(run(s, "+save s2")[0], Info)
+    t = make(tmp_path)
+    assert isinstance(run(t, "+load s2")[0], Info)
+    run(t, "+switch alt")
+    run(t, "+redo")
+    assert user_messages(t) == ["one"]
+    run(t, "+switch main")
+    run(t, "+redo")
+    assert user_messages(t) == ["one", "two"]
+
+
+def test_a_file_without_parked_redo_stacks_still_loads(tmp_path):
+    """Files written before the other branches' redo stacks were saved have no `parked_redo`."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    s = make(tmp_path)
+    for line in ("one", "+undo", "+branch alt", "+switch main", "+save new"):
+        run(s, line)
+    with safe_open(str(tmp_path / "new.session"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    body = json.loads(meta["body"])
+    assert "parked_redo" in body
+    del body["parked_redo"]
+    save_file(tensors, str(tmp_path / "old.session"), metadata={**meta, "body": json.dumps(body)})
+    t = make(tmp_path)
+    assert isinstance(run(t, "+load old")[0], Info)
+    run(t, "+redo")                # main's own stack was always saved
+    assert user_messages(t) == ["one"]
+    run(t, "+switch alt")
+    assert isinstance(run(t, "+redo")[0], Problem)  # none parked for alt: nothing to redo
+
+
+def test_parked_redo_of_an_unknown_branch_or_node_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    s = make(tmp_path)
+    for line in ("one", "+branch alt", "+undo", "+switch main", "+save f"):
+        run(s, line)
+    with safe_open(str(tmp_path / "f.session"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    body = json.loads(meta["body"])
+    assert body["parked_redo"] == {"alt": [1]}
+    for bad in ({"nope": [1]}, {"alt": [99]}, {"main": [1]}, {"alt": ["1"]}, []):
+        save_file(tensors, str(tmp_path / "bad.session"),
+                  metadata={**meta, "body": json.dumps({**body, "parked_redo": bad})})
+        (event,) = run(s, "+load bad")
+        assert isinstance(event, Problem) and "damaged session file" in event.text, bad

@@ -61,6 +61,24 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* quantize8(w address, rows, n, bf16, q address, scale address): fp32 (bf16 = 0) or bf16 rows
+ * [rows, n] -> int8 rows and fp32 per-row scales (quant.py's quantize_rows); False where a row
+ * holds NaN or Inf. */
+static PyObject *py_quantize8(PyObject *self, PyObject *args) {
+    unsigned long long w, q, scale;
+    int rows, n, bf16, bad;
+    if (!PyArg_ParseTuple(args, "KiipKK", &w, &rows, &n, &bf16, &q, &scale)) return NULL;
+    if (rows < 0 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad shape for int8");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bad = ck_i8_quantize((const void *)(uintptr_t)w, rows, n, bf16, (int8_t *)(uintptr_t)q,
+                         (float *)(uintptr_t)scale);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(!bad);
+}
+
 /* nonfinite(address, count, dtype): whether any of `count` values (dtype 0 fp32, 1 bf16,
  * 4 fp16) is NaN or infinite. */
 static PyObject *py_nonfinite(PyObject *self, PyObject *args) {
@@ -78,6 +96,7 @@ static PyObject *py_nonfinite(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"quantize8", py_quantize8, METH_VARARGS, "fp32/bf16 rows -> int8 rows and scales."},
     {"nonfinite", py_nonfinite, METH_VARARGS, "Whether a buffer holds NaN or Inf."},
     {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},

@@ -165,4 +165,79 @@ static void ck_i4_quantize(const float *w, int rows, int n, int group, uint8_t *
     ck_i4_quantize_rows(w, rows, n, group, packed, scales);
 }
 
+/* ---- int8 quantization ----------------------------------------------------------------------
+ * quant.py's quantize_rows, bit for bit: per row s = max(max|w| / 127, 1e-12) and
+ * q = clamp(round_half_even(w / s), -127, 127) (a true division, as torch's), from fp32 or bf16
+ * rows (`bf16`). Returns 1 (and stops) at the first row holding NaN or Inf. */
+
+static inline float ck_i8_load(const void *w, size_t i, int bf16) {
+    return bf16 ? ck_bf16_to_f32(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+static int ck_i8_quantize_rows_scalar(const void *w, int rows, int n, int bf16, int8_t *q,
+                                      float *scale) {
+    for (int r = 0; r < rows; r++) {
+        size_t o = (size_t)r * n;
+        float m = 0;
+        for (int i = 0; i < n; i++) {
+            float a = fabsf(ck_i8_load(w, o + i, bf16));
+            if (!(a <= 3.402823466e38f)) return 1;  /* NaN or Inf */
+            if (a > m) m = a;
+        }
+        float s = m / 127.0f;
+        s = s < 1e-12f ? 1e-12f : s;
+        scale[r] = s;
+        for (int i = 0; i < n; i++) {
+            float u = nearbyintf(ck_i8_load(w, o + i, bf16) / s);
+            q[o + i] = (int8_t)(u < -127 ? -127 : u > 127 ? 127 : u);
+        }
+    }
+    return 0;
+}
+
+#if CK_X86
+CK_AVX512 static inline __m512 ck_i8_load16(const void *w, size_t i, int bf16, __mmask16 k) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)w + i)), 16));
+    return _mm512_maskz_loadu_ps(k, (const float *)w + i);
+}
+
+CK_AVX512 static int ck_i8_quantize_rows_avx512(const void *w, int rows, int n, int bf16,
+                                                int8_t *q, float *scale) {
+    const __m512i ex = _mm512_set1_epi32(0x7f800000);
+    for (int r = 0; r < rows; r++) {
+        size_t o = (size_t)r * n;
+        __m512 mx = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int i = 0; i < n; i += 16) {
+            __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __m512 v = ck_i8_load16(w, o + i, bf16, k);
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), ex), ex);
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
+        }
+        if (bad) return 1;
+        float s = _mm512_reduce_max_ps(mx) / 127.0f;
+        s = s < 1e-12f ? 1e-12f : s;
+        scale[r] = s;
+        __m512 sv = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+        for (int i = 0; i < n; i += 16) {
+            __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __m512 u = _mm512_roundscale_ps(_mm512_div_ps(ck_i8_load16(w, o + i, bf16, k), sv),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            u = _mm512_min_ps(_mm512_max_ps(u, lo), hi);
+            _mm_mask_storeu_epi8(q + o + i, k, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(u)));
+        }
+    }
+    return 0;
+}
+#endif
+
+static int ck_i8_quantize(const void *w, int rows, int n, int bf16, int8_t *q, float *scale) {
+#if CK_X86
+    if (ck_isa >= CK_ISA_AVX512) return ck_i8_quantize_rows_avx512(w, rows, n, bf16, q, scale);
+#endif
+    return ck_i8_quantize_rows_scalar(w, rows, n, bf16, q, scale);
+}
+
 #endif

@@ -135,6 +135,16 @@ class RWKVModel(ABC):
         return f"no C step for RWKV v{self.config.version}"
 
     @property
+    def has_c_step(self) -> bool:
+        """Whether one-token steps run in C here (the C step is built if no step has run yet)."""
+        if self.device.type != "cpu":
+            return False
+        if not self._c_step_built:
+            self._c_step_built = True
+            self._c_step = self._build_c_step()
+        return self._c_step is not None
+
+    @property
     def engine_path(self) -> str:
         """Which code runs a one-token step, for the banner, `+show` and the bench: e.g.
         "C step (AVX2 kernels, 2 threads)" or "torch fallback (C extension not built: ...)".
@@ -147,6 +157,18 @@ class RWKVModel(ABC):
         if self._c_step is not None:
             return f"C step ({self._c_step.kernels} kernels, {self._c_step.n_threads} threads)"
         return f"torch fallback ({self._c_step_missing()})"
+
+    def embedding_tables(self) -> list[torch.Tensor]:
+        """The weight tables a token reads one row of, not the whole (the embedding; DeepEmbed's
+        per-layer `s_emb`): the bench counts one row of each as read per token, and `info` tells
+        their parameters apart from the matrices every token reads."""
+        emb = getattr(self, "emb", None)
+        return [emb] if isinstance(emb, torch.Tensor) and emb.dim() == 2 else []
+
+    def paged_tables(self) -> list[torch.Tensor]:
+        """Tables left in the checkpoint's file pages and handed back as their rows are read
+        (DeepEmbed's `s_emb`): weights the model uses but does not hold in memory."""
+        return []
 
     def _weight_tensors(self) -> list[object]:
         """Every prepared weight (for the gradient check of `_c_step_for`)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import os
 from pathlib import Path
@@ -21,6 +22,40 @@ from pathlib import Path
 import torch
 
 _MADV_DONTNEED = 4  # Linux
+_MADV_POPULATE_READ = 22  # Linux 5.14+; older kernels say EINVAL and nothing happens
+
+
+@functools.cache
+def _libc_madvise():
+    """libc's madvise, or None where there is none (not Linux, no libc found)."""
+    if os.name != "posix":
+        return None
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+    if libc is None or not hasattr(libc, "madvise"):
+        return None
+    fn = libc.madvise
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return fn
+
+
+
+def populate(t: torch.Tensor) -> None:
+    """Read a memory-mapped tensor's pages in with one call before it is copied or converted.
+
+    Touching a mapped file page by page costs a fault per few pages; measured on the 2-core
+    development machine (a virtual machine, file in the page cache), copying 512 MB out of a
+    mapping ran at 0.16-0.4 GB/s faulting and at 2.0 GB/s after MADV_POPULATE_READ. On memory
+    that is already resident it only walks the page tables."""
+    madvise = _libc_madvise()
+    if madvise is None or t.device.type != "cpu" or not t.is_contiguous() \
+            or t.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    lo = start // page * page
+    hi = -(-(start + t.numel() * t.element_size()) // page) * page
+    madvise(lo, hi - lo, _MADV_POPULATE_READ)
 
 
 def _private_file_ranges(path: Path) -> list[tuple[int, int]]:
@@ -45,13 +80,7 @@ class PageReleaser:
 
     def __init__(self, path: Path | str):
         self.ranges = _private_file_ranges(Path(path)) if Path(path).is_file() else []
-        self._madvise = None
-        if self.ranges:
-            libc_name = ctypes.util.find_library("c")
-            libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
-            if libc is not None and hasattr(libc, "madvise"):
-                self._madvise = libc.madvise
-                self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        self._madvise = _libc_madvise() if self.ranges else None
 
     def release(self, source: torch.Tensor, prepared: object = None) -> None:
         """Drop `source`'s whole pages, unless `prepared` still shares its memory."""
@@ -73,6 +102,7 @@ class PageReleaser:
         copied: converting a big matrix then holds one block of the file, not all of it."""
         rows = max(1, block_bytes // max(1, source[0].numel() * source.element_size()))
         for s in range(0, source.shape[0], rows):
+            populate(source[s:s + rows])
             dest[s:s + rows].copy_(source[s:s + rows])
             self.release(source[s:s + rows], dest)
 

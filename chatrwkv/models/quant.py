@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .pages import populate
+
 QMAX = 127  # symmetric: -127..127, so that -W quantizes to -q exactly
 
 
@@ -42,6 +44,10 @@ def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | N
     called with each block of source rows once it is quantized (to drop its file pages)."""
     q = torch.empty(weight.shape, dtype=torch.int8) if out is None else out
     scale = torch.empty(weight.shape[0])
+    if _quantcpu is not None and q.is_contiguous() and weight.dim() == 2 \
+            and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
+        _quantize_rows_c(weight, q, scale, block, done)  # the same bits, ~10x faster
+        return q, scale
     for s in range(0, weight.shape[0], block):
         w = weight[s:s + block].detach().float()
         sc = (w.abs().amax(dim=1) / QMAX).clamp_(min=1e-12)  # an all-zero row keeps scale > 0
@@ -52,6 +58,30 @@ def quantize_rows(weight: torch.Tensor, block: int = 4096, out: torch.Tensor | N
         if done is not None:
             done(weight[s:s + block])
     return q, scale
+
+
+def _quantize_rows_c(weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: int,
+                     done: Callable[[torch.Tensor], None] | None) -> None:
+    """quantize_rows in C (_quantprep.h), blocks of rows spread over torch's threads."""
+    rows, n = weight.shape
+    step = max(1, min(rows, block * 64 // max(n, 1)))  # ~1 MiB of fp32 a task
+
+    def one(s: int) -> None:
+        populate(weight[s:s + step])
+        w = weight[s:s + step].detach().contiguous()
+        if not _quantcpu.quantize8(w.data_ptr(), w.shape[0], n, w.dtype == torch.bfloat16,
+                                   q[s:s + step].data_ptr(), scale[s:s + step].data_ptr()):
+            raise NonFiniteWeights("NaN or infinite weights")
+        if done is not None:
+            done(weight[s:s + step])
+
+    starts = range(0, rows, step)
+    if len(starts) == 1 or torch.get_num_threads() == 1:
+        for s in starts:
+            one(s)
+    else:
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            list(pool.map(one, starts))
 
 
 def fbgemm_available() -> bool:
@@ -248,6 +278,7 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
     scales = torch.empty(rows, int4_groups(n, group), dtype=INT4_SCALE_DTYPE)
 
     def one(s: int) -> None:
+        populate(weight[s:s + block])
         w = weight[s:s + block].detach().float().contiguous()
         if has_nonfinite(w):
             raise NonFiniteWeights("NaN or infinite weights")

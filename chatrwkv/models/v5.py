@@ -25,10 +25,11 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .pages import PageReleaser
-from .quant import Int8Linear
-from .weightcache import WeightCache, int8_matrix
+from .quant import Int4Linear, Int8Linear
+from .weightcache import WeightCache, int4_matrix, int8_matrix
 
-Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
+# a big weight: [out, in] in the weight dtype, or int8 / int4
+Matrix = torch.Tensor | Int8Linear | Int4Linear
 
 # The official ln_x is GroupNorm(eps=1e-5) applied to x / head_size_divisor (8); the reference
 # folds the divisor into eps: 1e-5 * 8**2.
@@ -73,8 +74,8 @@ class _Layer:
 def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """x @ weight.T in x's dtype. Mixed dtypes happen only on CPU with 16-bit weights: a vector
     goes through a 16-bit GEMV (no fp32 copy of the weight), a matrix through fp32 GEMM.
-    int8 weights (CPU, fp32 activations) multiply as quant.py does."""
-    if isinstance(weight, Int8Linear):
+    int8 / int4 weights (CPU, fp32 activations) multiply as quant.py does."""
+    if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     if x.dtype == weight.dtype:
         return F.linear(x, weight)
@@ -141,6 +142,7 @@ def _wkv_parallel(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Te
 class RWKV5(RWKVModel):
     state_class = WKVState
     supports_int8 = True
+    supports_int4 = True
 
     @classmethod
     def detect(cls, ckpt: Checkpoint) -> str | None:
@@ -211,10 +213,12 @@ class RWKV5(RWKVModel):
 
     def _big(self, ckpt: Checkpoint, key: str, shape: tuple[int, int],
              scale: float = 1.0) -> Matrix:
-        """A big matrix: int8 (fp32 activations, no fp16 rescale), else `_mat`."""
+        """A big matrix: int8 / int4 (fp32 activations, no fp16 rescale), else `_mat`."""
         t = ckpt.expect_shape(key, shape)
         if self.dtype_name == "int8":
             out: Matrix = int8_matrix(self._cache, key, t, done=self._pages.release)
+        elif self.dtype_name == "int4":
+            out = int4_matrix(self._cache, key, t, done=self._pages.release)
         else:
             out = self._mat(t, scale)
         self._pages.release(t, out)

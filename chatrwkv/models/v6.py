@@ -29,10 +29,11 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .pages import PageReleaser
-from .quant import Int8Linear
-from .weightcache import WeightCache, int8_matrix
+from .quant import Int4Linear, Int8Linear
+from .weightcache import WeightCache, int4_matrix, int8_matrix
 
-Matrix = torch.Tensor | Int8Linear  # a big weight: [out, in] in the weight dtype, or int8
+# a big weight: [out, in] in the weight dtype, or int8 / int4
+Matrix = torch.Tensor | Int8Linear | Int4Linear
 
 _V7_MARKERS = ("att.x_r", "att.k_k", "att.r_k")
 _SUB_LEN = 16        # tokens per sub-chunk of the chunked WKV (halved where decays are strong)
@@ -80,15 +81,15 @@ class _Ffn(NamedTuple):
 
 def _mv(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """Matrix-vector: bf16 weights stay bf16 ([out, in] through F.linear is fast for vectors);
-    int8 weights multiply as quant.py does (fp32 activations, CPU)."""
-    if isinstance(weight, Int8Linear):
+    int8 / int4 weights multiply as quant.py does (fp32 activations, CPU)."""
+    if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
 
 
 def _mm(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """Matrix-matrix in the activations' dtype (16-bit GEMM on CPU is slow: upcast the weight)."""
-    if isinstance(weight, Int8Linear):
+    if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     return F.linear(x, weight.to(x.dtype))
 
@@ -151,6 +152,7 @@ def _wkv_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w_log: torch
 class RWKV6(RWKVModel):
     state_class = WKVState
     supports_int8 = True
+    supports_int4 = True
     config: V6Config
 
     @classmethod
@@ -204,10 +206,14 @@ class RWKV6(RWKVModel):
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
 
         def big(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
-            if self.dtype_name != "int8":  # int8: fp32 activations, so no fp16 rescale
-                out: Matrix = mat(key, shape, self.dtype, scale)
+            # int8 / int4: fp32 activations, so no fp16 rescale
+            if self.dtype_name == "int8":
+                out: Matrix = int8_matrix(cache, key, ckpt.expect_shape(key, shape),
+                                          done=pages.release)
+            elif self.dtype_name == "int4":
+                out = int4_matrix(cache, key, ckpt.expect_shape(key, shape), done=pages.release)
             else:
-                out = int8_matrix(cache, key, ckpt.expect_shape(key, shape), done=pages.release)
+                out = mat(key, shape, self.dtype, scale)
             pages.release(ckpt.require(key), out)
             return out
 

@@ -430,6 +430,12 @@ class RWKV7(RWKVModel):
             tensors.extend(getattr(p, f.name) for f in dataclasses.fields(p))
         return tensors
 
+    def embedding_tables(self) -> list[torch.Tensor]:
+        return [self.emb, *self.paged_tables()]
+
+    def paged_tables(self) -> list[torch.Tensor]:
+        return [p.s_emb for p in self.layers if p.s_emb is not None]  # see v7_de.DeepEmbedPages
+
     def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         act = self.act_dtype
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size

@@ -28,7 +28,7 @@ import torch
 
 from ..modelstore import models_dir
 from ..stwriter import PAD_PREFIX, SafetensorsWriter, header_room
-from .pages import PageReleaser
+from .pages import PageReleaser, populate
 from .quant import Int4Linear, Int8Linear, NonFiniteWeights
 
 FORMAT = "1"  # bump when what a dtype prepares changes: old files are then rebuilt
@@ -160,6 +160,8 @@ class WeightCache:
                          for p in self._parts.get(key, [])}
                 if not parts:
                     raise ValueError(f"has no '{key}'")
+                for t in parts.values():
+                    populate(t)  # one call, not a fault per page, before they are copied
                 obj = restore(parts)
             except (ValueError, RuntimeError, OSError) as e:
                 self._spoiled = str(e).splitlines()[0][:80] if str(e) else type(e).__name__

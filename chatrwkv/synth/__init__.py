@@ -17,7 +17,13 @@ import torch
 SIZES: dict[str, tuple[str, dict[str, int]]] = {
     "v4-169m": ("4", {"n_layer": 12, "n_embd": 768, "vocab_size": 50277}),
     "v4-430m": ("4", {"n_layer": 24, "n_embd": 1024, "vocab_size": 50277}),
-    "v5-0.4b": ("5.2", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536}),
+    # RWKV-5 World 0.1B / 0.4B (x052: ffn 3.5 C, as RWKV-LM's x052 trainer); v6 World was
+    # published from 1.6B up, so its small sizes here take the same L12 D768 / L24 D1024 shapes
+    # (synth.v6's official ffn 3.5 C and D_mix / D_decay 32 / 64).
+    "v5-0.1b": ("5.2", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536, "ffn_dim": 2688}),
+    "v5-0.4b": ("5.2", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536, "ffn_dim": 3584}),
+    "v6-0.1b": ("6.0", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536}),
+    "v6-0.4b": ("6.0", {"n_layer": 24, "n_embd": 1024, "vocab_size": 65536}),
     "v6-1.6b": ("6.0", {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536}),
     "v7-0.1b": ("7.0", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536}),
     "v7a-0.1b": ("7.0a", {"n_layer": 12, "n_embd": 768, "vocab_size": 65536}),  # DeepEmbed

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import TokenizerError
 from .base import Tokenizer
 from .world_split import PieceSplitter
-from .world_vocab import VocabFacts, isolated_chars, parse_world_vocab, vocab_facts
+from .world_vocab import VocabFacts, facts_from_ids, isolated_chars, parse_world_vocab, token_ids
 
 try:
     from . import _worldtrie
@@ -87,21 +87,23 @@ class WorldTokenizer(Tokenizer):
     def __init__(self, vocab: dict[int, bytes], *, name: str = "world",
                  vocab_size: int | None = None, source: str = "vocabulary",
                  native: bool | None = None) -> None:
-        facts = vocab_facts(vocab, source)
+        ids = token_ids(vocab, source)
         self.name = name
-        self._facts: VocabFacts = facts
-        self._ids_by_bytes = facts.ids
+        # the Python path's facts (~0.25 s for World) are built when first needed: the C core
+        # needs the ids only, so a start with it skips them (issue 15: start-up)
+        self._facts_built: VocabFacts | None = None
+        self._ids_by_bytes = ids
         table = [b""] * (max(vocab) + 1)
         for token_id, token in vocab.items():
             table[token_id] = token
         self._token_bytes = table
         self.vocab_size = vocab_size if vocab_size is not None else len(table)
-        self.newline_id = facts.ids[b"\n"]
+        self.newline_id = ids[b"\n"]
         # A vocabulary without a "\n\n" token falls back on "\n" (World has one: 261).
-        self.double_newline_id = facts.ids.get(b"\n\n", self.newline_id)
+        self.double_newline_id = ids.get(b"\n\n", self.newline_id)
         self.end_of_text_id = 0
         self._typecode = "H" if len(table) <= 1 << 16 else "I"
-        self._byte_ids = [facts.ids[bytes([b])] for b in range(256)]
+        self._byte_ids = [ids[bytes([b])] for b in range(256)]
 
         if native and _worldtrie is None:
             raise TokenizerError("the C tokenizer core (chatrwkv.tokenizer._worldtrie) is not "
@@ -111,6 +113,12 @@ class WorldTokenizer(Tokenizer):
             self._trie = _worldtrie.Trie([(token, i) for i, token in vocab.items()])
         else:
             self._init_python_path()
+
+    @property
+    def _facts(self) -> VocabFacts:
+        if self._facts_built is None:
+            self._facts_built = facts_from_ids(self._ids_by_bytes)
+        return self._facts_built
 
     @property
     def native(self) -> bool:

@@ -81,13 +81,22 @@ class VocabFacts:
     max_len: int
 
 
-def vocab_facts(vocab: dict[int, bytes], source: str) -> VocabFacts:
+def token_ids(vocab: dict[int, bytes], source: str) -> dict[bytes, int]:
+    """token bytes -> id; refuses a vocabulary that cannot encode every text."""
     ids = {token: token_id for token_id, token in vocab.items()}
     missing = [b for b in range(256) if bytes([b]) not in ids]
     if missing:
         # Greedy matching must always be able to take one byte; the official tokenizer asserts.
         raise TokenizerError(f"{source}: the vocabulary lacks single-byte tokens "
                              f"(e.g. {bytes(missing[:4])!r}), so it cannot encode every text")
+    return ids
+
+
+def vocab_facts(vocab: dict[int, bytes], source: str) -> VocabFacts:
+    return facts_from_ids(token_ids(vocab, source))
+
+
+def facts_from_ids(ids: dict[bytes, int]) -> VocabFacts:
     pairs = {t[i:i + 2] for t in ids for i in range(len(t) - 1)}
     seconds = {p[1] for p in pairs}
     by_prefix: dict[bytes, set[int]] = {}

@@ -1,0 +1,130 @@
+"""int4 weights for RWKV v5 and v6 (`--dtype int4`): every big matrix and the head become
+quant.Int4Linear; the one-token path equals the dequantized torch twin (the same model with
+every int4 matrix replaced by the fp32 matrix it stands for) to fp32 rounding; the sequence path
+agrees with it and with token-by-token; the model stays near fp32; and the converted-weight
+cache serves a second load without quantizing, with identical logits."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from chatrwkv.models import load_model, quant
+from chatrwkv.models.quant import Int4Linear
+from chatrwkv.models.weightcache import cache_files
+from chatrwkv.synth import write_checkpoint
+
+# The C matrix-vector kernel computes exactly `dequantize()`'s weights with fp32 activations:
+# only the order of the sums differs from the twin (measured 0.0000 at 4 decimals).
+ONE_TOKEN_VS_TWIN_TOL = 1e-4
+# The sequence path rounds the activations (bf16 where the CPU multiplies bf16 natively; an
+# integer GEMM may quantize them to 8 bits): measured 0.025-0.083 from the twin with bf16 on
+# seeds 5-8, in the range the int8 tests allow fbgemm's 8-bit activations (0.3).
+SEQ_VS_TWIN_TOL = 0.3
+SEQ_VS_RNN_TOL = 0.3
+# int4 vs fp32 on these tiny random models (Gaussian weights, ~9% error each after rounding to 4
+# bits with a scale per 32): relative RMS error of the logits over the 24-token prompt measured
+# 0.10-0.28 on seeds 5-9 (int8: 0.012-0.034; unrelated logits: ~1.4), greedy agreement 0.50-0.88.
+INT4_REL_TOL = 0.4
+INT4_MIN_AGREE = 0.4
+
+PROMPT = torch.randint(0, 500, (24,), generator=torch.Generator().manual_seed(7)).tolist()
+CASES = [
+    ("5.2", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
+    ("5.1", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
+    ("5.0", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
+    ("6.0", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
+]
+
+
+def _per_layer(version: str) -> int:
+    return 7 if version == "5.0" else 8  # att r, k, v, (gate), output; ffn key, receptance, value
+
+
+def _logits(model, tokens, one_by_one):
+    state = model.zero_state()
+    with torch.inference_mode():
+        if one_by_one:
+            return torch.stack([model.forward([t], state) for t in tokens])
+        return model.forward(tokens, state, full_output=True)
+
+
+def _deq(x):
+    return x.dequantize() if isinstance(x, Int4Linear) else x
+
+
+def _dequantized_twin(model):
+    """The same model object with each int4 matrix replaced by its fp32 dequantization."""
+    twin = copy.copy(model)
+    if hasattr(model, "blocks"):  # v5: frozen dataclasses
+        twin.blocks = tuple(dataclasses.replace(b, **{f.name: _deq(getattr(b, f.name))
+                                                      for f in dataclasses.fields(b)})
+                            for b in model.blocks)
+    else:  # v6: (att, ffn, halve_after) of NamedTuples
+        twin.layers = [(att._replace(**{k: _deq(v) for k, v in att._asdict().items()}),
+                        ffn._replace(**{k: _deq(v) for k, v in ffn._asdict().items()}), h)
+                       for att, ffn, h in model.layers]
+    twin.head = _deq(model.head)
+    return twin
+
+
+def _int4_matrices(model):
+    found = [model.head]
+    if hasattr(model, "blocks"):
+        found += [getattr(b, f.name) for b in model.blocks for f in dataclasses.fields(b)]
+    else:
+        found += [v for att, ffn, _ in model.layers for v in (*att, *ffn)]
+    return [m for m in found if isinstance(m, Int4Linear)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("version,dims", CASES)
+def test_int4_model_equals_its_twin_and_stays_near_fp32(tmp_path, version, dims):
+    path = write_checkpoint(tmp_path / "m.pth", version, seed=5, **dims)
+    fp32 = load_model(path, "cpu", "fp32")
+    int4 = load_model(path, "cpu", "int4", use_cache=False)
+    assert int4.dtype_name == "int4" and "int4" in int4.describe()
+    assert len(_int4_matrices(int4)) == _per_layer(version) * dims["n_layer"] + 1  # + the head
+    # the embedding and the small vectors stay fp32
+    assert int4.emb.dtype == torch.float32
+    ref = _logits(fp32, PROMPT, one_by_one=True)
+    rnn = _logits(int4, PROMPT, one_by_one=True)
+    seq = _logits(int4, PROMPT, one_by_one=False)
+    assert rnn.dtype == torch.float32 and torch.isfinite(rnn).all() and torch.isfinite(seq).all()
+
+    twin = _dequantized_twin(int4)
+    assert not _int4_matrices(twin)
+    assert (rnn - _logits(twin, PROMPT, True)).abs().max().item() < ONE_TOKEN_VS_TWIN_TOL
+    assert (seq - _logits(twin, PROMPT, False)).abs().max().item() < SEQ_VS_TWIN_TOL
+    assert (seq - rnn).abs().max().item() < SEQ_VS_RNN_TOL
+
+    assert _rel(rnn, ref) < INT4_REL_TOL and _rel(seq, ref) < INT4_REL_TOL
+    assert (rnn.argmax(-1) == ref.argmax(-1)).float().mean().item() >= INT4_MIN_AGREE
+
+
+@pytest.mark.parametrize("version,dims", [CASES[0], CASES[2], CASES[3]], ids=["5.2", "5.0", "6.0"])
+def test_int4_second_load_comes_from_the_cache_with_identical_logits(
+        tmp_path, monkeypatch, version, dims):
+    path = write_checkpoint(tmp_path / "model.pth", version, seed=3, **dims)
+    first = load_model(path, "cpu", "int4")
+    files = cache_files()
+    assert len(files) == 1 and ".int4." in files[0].name
+    with safe_open(str(files[0]), framework="pt") as f:
+        packed = [k for k in f.keys() if k.endswith(":packed")]  # noqa: SIM118 (no __iter__)
+        assert f.metadata()["dtype"] == "int4"
+    assert len(packed) == _per_layer(version) * dims["n_layer"] + 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantized although the cache should have served")
+    monkeypatch.setattr(quant, "quantize_int4", refuse)
+    second = load_model(path, "cpu", "int4")
+    assert cache_files() == files
+    for one_by_one in (True, False):
+        assert torch.equal(_logits(first, PROMPT, one_by_one), _logits(second, PROMPT, one_by_one))
