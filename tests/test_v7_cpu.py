@@ -69,9 +69,11 @@ def test_int4_step_equals_dequantized_twin(ckpt_path, simd):
     assert m4._c_step is not None
 
 
-def test_thread_counts_give_identical_results(ckpt_path):
-    # Every output element is one thread's dot product, whichever thread takes its chunk.
-    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+@pytest.mark.parametrize("dtype", ["fp32", "int4"])
+def test_thread_counts_give_identical_results(ckpt_path, dtype):
+    # Every output element is one thread's dot product, whichever thread takes its chunk (int4:
+    # chunks are whole fours of rows, so a row takes the same kernel at any thread count).
+    m = load_model(ckpt_path, device="cpu", dtype=dtype)
     results = []
     for n in (1, 2, 3):
         step = v7_cpu.build(m, n_threads=n)

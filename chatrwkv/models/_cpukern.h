@@ -15,9 +15,19 @@
  * 16-bit files, which are then used in place). Each product has an AVX-512 (F/BW/VL), an AVX2
  * and a scalar kernel; the widest the CPU has runs, chosen at run time (ck_init), and tests run
  * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
- * block into 128 fp32 weights with 8 table lookups (vpermps), ~11 G weights/s on one core here,
- * 2.8x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or 16-bit
- * activations (torch's fbgemm and oneDNN use them in the sequence path).
+ * block into 128 fp32 weights with 8 table lookups (vpermps), ~23-25 G weights/s on one core
+ * here (in L2), 2.4x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
+ * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path).
+ *
+ * What decides decode speed (one token reads every weight once, from memory): per core the
+ * kernels must keep enough cache misses in flight, which the hardware prefetchers alone did
+ * for fp32 but not for the narrower dtypes (CK_PF below), and compute faster than their share
+ * of the memory bandwidth. Tried and not kept (one thread, Sapphire Rapids class, measured
+ * with benchmarks/bench_kernels.py-style loops): bf16 over four rows at once (x loaded once
+ * for four products; int4 and int8 gained from it): within noise in L2, slower from memory
+ * before prefetching (four streams); bf16 widened
+ * as even/odd halves with one shift or mask per 32 weights against an x reordered once per
+ * product: +20% in L2, nothing from memory once prefetched.
  */
 #ifndef CHATRWKV_CPUKERN_H
 #define CHATRWKV_CPUKERN_H
@@ -246,6 +256,18 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
 #define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
+/* Software prefetch of the weight stream into L2, CK_PF_AHEAD bytes ahead, once per 64-byte
+ * line. The hardware prefetchers alone left one core streaming bf16 rows at 9-10 GB/s and int8
+ * at 7-9 GB/s while fp32 reached ~15 (fewer bytes per instruction: the core runs out of
+ * demand misses in flight); measured one thread over 600 MB of [2048, 1024] bf16 matrices:
+ * no prefetch 8.9 GB/s; into L1 1 KiB ahead 12.8, 2 KiB 13.8, 4 KiB 14.5, 8 KiB 14.0; into
+ * L2 2 KiB 13.6, 4 KiB 15.4 (int8 and int4 alike within noise at 2-8 KiB). A prefetch past the end of the matrix reads a line it does not need and never
+ * faults. */
+#ifndef CK_PF_AHEAD  /* -DCK_PF_AHEAD=... to tune */
+#define CK_PF_AHEAD 4096
+#endif
+#define CK_PF(p) _mm_prefetch((const char *)(p) + CK_PF_AHEAD, _MM_HINT_T1)
+
 /* ---- AVX2 + FMA ---- */
 
 CK_AVX2 static inline float ck_hsum(__m256 v) {
@@ -259,6 +281,8 @@ CK_AVX2 static float ck_dot_f32_avx2(const float *w, const float *x, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        CK_PF(w + i);
+        CK_PF(w + i + 16);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -280,6 +304,7 @@ CK_AVX2 static float ck_dot_bf16_avx2(const uint16_t *w, const float *x, int n) 
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        CK_PF(w + i);
         a0 = _mm256_fmadd_ps(ck_bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(ck_bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(ck_bf16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -301,6 +326,7 @@ CK_AVX2 static float ck_dot_i8_avx2(const int8_t *w, const float *x, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        if (!(i & 32)) CK_PF(w + i);
         a0 = _mm256_fmadd_ps(ck_i8x8(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(ck_i8x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(ck_i8x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -321,6 +347,7 @@ CK_AVX2 static float ck_dot_i4_avx2(const uint8_t *w, const uint16_t *gs, int gr
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, d = a0, off = a0;
     int nb = n / CK_I4_BLOCK, g_end = 0, g = 0;
     for (int b = 0; b < nb; b++) {
+        CK_PF(w + (size_t)b * 64);
         __m256i q0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * 64));
         __m256i q1 = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * 64 + 32));
         const float *xb = x + (size_t)b * CK_I4_BLOCK;
@@ -349,6 +376,10 @@ CK_AVX512 static float ck_dot_f32_avx512(const float *w, const float *x, int n) 
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
+        CK_PF(w + i);
+        CK_PF(w + i + 16);
+        CK_PF(w + i + 32);
+        CK_PF(w + i + 48);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -372,6 +403,8 @@ CK_AVX512 static float ck_dot_bf16_avx512(const uint16_t *w, const float *x, int
     int i = 0;
 #define CK_LD16(p) _mm256_loadu_si256((const __m256i *)(p))
     for (; i + 64 <= n; i += 64) {
+        CK_PF(w + i);
+        CK_PF(w + i + 32);
         a0 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i)), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i + 16)), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i + 32)), _mm512_loadu_ps(x + i + 32), a2);
@@ -397,6 +430,7 @@ CK_AVX512 static float ck_dot_i8_avx512(const int8_t *w, const float *x, int n) 
     int i = 0;
 #define CK_LD8(p) _mm_loadu_si128((const __m128i *)(p))
     for (; i + 64 <= n; i += 64) {
+        CK_PF(w + i);
         a0 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i)), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i + 16)), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i + 32)), _mm512_loadu_ps(x + i + 32), a2);
@@ -413,30 +447,156 @@ CK_AVX512 static float ck_dot_i8_avx512(const int8_t *w, const float *x, int n) 
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+/* Four int8 rows at once: each x vector is loaded once for four products, and the loop and the
+ * reductions are paid once per four rows. Measured one thread, [256, 768] in L2: 22.4 -> 25.6
+ * GB/s. y[k] is row k's sum before its scale. */
+CK_AVX512 static void ck_dot4_i8_avx512(const int8_t *w, size_t ld, const float *x, int n,
+                                        float *y) {
+    __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    const int8_t *w0 = w, *w1 = w + ld, *w2 = w + 2 * ld, *w3 = w + 3 * ld;
+    int i = 0;
+#define CK_LD8(p) ck_i8x16(_mm_loadu_si128((const __m128i *)(p)))
+    for (; i + 32 <= n; i += 32) {
+        if (!(i & 32)) {
+            CK_PF(w0 + i);
+            CK_PF(w1 + i);
+            CK_PF(w2 + i);
+            CK_PF(w3 + i);
+        }
+        __m512 xa = _mm512_loadu_ps(x + i), xb = _mm512_loadu_ps(x + i + 16);
+        a0 = _mm512_fmadd_ps(CK_LD8(w0 + i), xa, a0);
+        b0 = _mm512_fmadd_ps(CK_LD8(w0 + i + 16), xb, b0);
+        a1 = _mm512_fmadd_ps(CK_LD8(w1 + i), xa, a1);
+        b1 = _mm512_fmadd_ps(CK_LD8(w1 + i + 16), xb, b1);
+        a2 = _mm512_fmadd_ps(CK_LD8(w2 + i), xa, a2);
+        b2 = _mm512_fmadd_ps(CK_LD8(w2 + i + 16), xb, b2);
+        a3 = _mm512_fmadd_ps(CK_LD8(w3 + i), xa, a3);
+        b3 = _mm512_fmadd_ps(CK_LD8(w3 + i + 16), xb, b3);
+    }
+#undef CK_LD8
+    for (; i < n; i += 16) {
+        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __m512 xa = _mm512_maskz_loadu_ps(k, x + i);
+#define CK_LD8M(p) ck_i8x16(_mm_maskz_loadu_epi8(k, p))
+        a0 = _mm512_fmadd_ps(CK_LD8M(w0 + i), xa, a0);
+        a1 = _mm512_fmadd_ps(CK_LD8M(w1 + i), xa, a1);
+        a2 = _mm512_fmadd_ps(CK_LD8M(w2 + i), xa, a2);
+        a3 = _mm512_fmadd_ps(CK_LD8M(w3 + i), xa, a3);
+#undef CK_LD8M
+    }
+    y[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+    y[1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
+    y[2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
+    y[3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
+}
+
 /* int4, 16 lanes: one 64-byte load is a whole block; vpermps looks each word's low nibble up
- * in a 16-entry table of (u - 8) d (one multiply per group), and ignores the higher bits, so
- * the block's 8 vectors are 8 shifts of the same register. */
+ * in a 16-entry table of (u - 8) d, and ignores the higher bits, so the block's 8 vectors are 8
+ * shifts of the same register. The tables cost: building one per group from an fp16 scale
+ * (load, widen, broadcast, multiply) took as many instructions as the block's products, so the
+ * row's scales are first widened 16 at a time into `sf` and each table is one multiply by a
+ * broadcast memory operand; with the usual group of 32 the four tables of a block are
+ * unrolled. Measured one thread in L2: [64, 4096] 17 -> 25 G weights/s, [256, 768] 16 -> 19. */
 CK_AVX512 static float ck_dot_i4_avx512(const uint8_t *w, const uint16_t *gs, int group,
                                         const float *x, int n) {
     const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, tab = a0;
-    int nb = n / CK_I4_BLOCK, g_end = 0, g = 0;
-    for (int b = 0; b < nb; b++) {
-        __m512i q = _mm512_loadu_si512((const void *)(w + (size_t)b * 64));
-        const float *xb = x + (size_t)b * CK_I4_BLOCK;
-#define CK_I4_STEP(j, acc)                                                                     \
-        if (b * CK_I4_BLOCK + 16 * (j) == g_end) {                                             \
-            tab = _mm512_mul_ps(codes, _mm512_set1_ps(_cvtsh_ss(gs[g++])));                    \
-            g_end += group;                                                                    \
-        }                                                                                      \
-        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, tab), _mm512_loadu_ps(xb + 16 * (j)), acc); \
-        q = _mm512_srli_epi32(q, 4);
-        CK_I4_STEP(0, a0) CK_I4_STEP(1, a1) CK_I4_STEP(2, a2) CK_I4_STEP(3, a3)
-        CK_I4_STEP(4, a0) CK_I4_STEP(5, a1) CK_I4_STEP(6, a2) CK_I4_STEP(7, a3)
-#undef CK_I4_STEP
+    float sf[64];  /* fp32 scales of the groups of one span of blocks */
+    int nb = n / CK_I4_BLOCK, ng = ck_i4_groups(n, group);
+    int span = group / 2;  /* blocks per 64 groups (a group is a multiple of 16 weights) */
+    for (int b0 = 0; b0 < nb; b0 += span) {
+        int g0 = b0 * CK_I4_BLOCK / group, cnt = ng - g0 < 64 ? ng - g0 : 64;
+        for (int k = 0; k < cnt; k += 16) {
+            __mmask16 mk = (__mmask16)(cnt - k >= 16 ? 0xFFFF : (1u << (cnt - k)) - 1);
+            _mm512_storeu_ps(sf + k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, gs + g0 + k)));
+        }
+        int b1 = b0 + span < nb ? b0 + span : nb, g_last = -1;
+        for (int b = b0; b < b1; b++) {
+            CK_PF(w + (size_t)b * 64);
+            __m512i q = _mm512_loadu_si512((const void *)(w + (size_t)b * 64));
+            const float *xb = x + (size_t)b * CK_I4_BLOCK;
+#define CK_I4_FMA(j, acc, t)                                                                   \
+            acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, t), _mm512_loadu_ps(xb + 16 * (j)), acc); \
+            q = _mm512_srli_epi32(q, 4);
+            if (group == 32) {
+                const float *sb = sf + 4 * (b - b0);
+                __m512 t0 = _mm512_mul_ps(codes, _mm512_set1_ps(sb[0]));
+                __m512 t1 = _mm512_mul_ps(codes, _mm512_set1_ps(sb[1]));
+                __m512 t2 = _mm512_mul_ps(codes, _mm512_set1_ps(sb[2]));
+                __m512 t3 = _mm512_mul_ps(codes, _mm512_set1_ps(sb[3]));
+                CK_I4_FMA(0, a0, t0) CK_I4_FMA(1, a1, t0) CK_I4_FMA(2, a2, t1)
+                CK_I4_FMA(3, a3, t1) CK_I4_FMA(4, a0, t2) CK_I4_FMA(5, a1, t2)
+                CK_I4_FMA(6, a2, t3) CK_I4_FMA(7, a3, t3)
+                continue;
+            }
+            for (int j = 0; j < 8; j += 4) {
+#define CK_I4_TAB(jj)                                                                          \
+                {                                                                              \
+                    int g = (b * CK_I4_BLOCK + 16 * (jj)) / group - g0;                        \
+                    if (g != g_last) {                                                         \
+                        tab = _mm512_mul_ps(codes, _mm512_set1_ps(sf[g]));                     \
+                        g_last = g;                                                            \
+                    }                                                                          \
+                }
+                CK_I4_TAB(j) CK_I4_FMA(j, a0, tab)
+                CK_I4_TAB(j + 1) CK_I4_FMA(j + 1, a1, tab)
+                CK_I4_TAB(j + 2) CK_I4_FMA(j + 2, a2, tab)
+                CK_I4_TAB(j + 3) CK_I4_FMA(j + 3, a3, tab)
+#undef CK_I4_TAB
+            }
+#undef CK_I4_FMA
+        }
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) +
            ck_dot_i4_from(w, gs, group, x, nb * CK_I4_BLOCK, n);
+}
+
+/* Four int4 rows with groups of 32 at once (the default group): the same instructions per
+ * weight as ck_dot_i4_avx512, but one pass of loop control, scale widening and reduction per
+ * four rows and each x vector loaded once for four products, which matters in short rows (a
+ * 768-wide row is 6 blocks). y[k] gets row k's whole-block sum (the caller adds the tail). */
+CK_AVX512 static void ck_dot4_i4g32_avx512(const uint8_t *w, size_t row_bytes, const uint16_t *gs,
+                                           int ng, const float *x, int n, float *y) {
+    const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+    float sf[4][64];
+    int nb = n / CK_I4_BLOCK;
+    const uint8_t *w0 = w, *w1 = w + row_bytes, *w2 = w + 2 * row_bytes, *w3 = w + 3 * row_bytes;
+    for (int s0 = 0; s0 < nb; s0 += 16) {  /* 16 blocks: 64 groups */
+        int g0 = 4 * s0, cnt = ng - g0 < 64 ? ng - g0 : 64;
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < cnt; k += 16) {
+                __mmask16 mk = (__mmask16)(cnt - k >= 16 ? 0xFFFF : (1u << (cnt - k)) - 1);
+                __m256i h = _mm256_maskz_loadu_epi16(mk, gs + (size_t)r * ng + g0 + k);
+                _mm512_storeu_ps(sf[r] + k, _mm512_cvtph_ps(h));
+            }
+        int s1 = s0 + 16 < nb ? s0 + 16 : nb;
+        for (int b = s0; b < s1; b++) {
+            const float *xb = x + (size_t)b * CK_I4_BLOCK;
+            int o = 4 * (b - s0);
+#define CK_I4_ROW(wr, sr, a, c)                                                                \
+            {                                                                                  \
+                CK_PF(wr + (size_t)b * 64);                                                    \
+                __m512i q = _mm512_loadu_si512((const void *)(wr + (size_t)b * 64));           \
+                for (int t = 0; t < 4; t++) {                                                  \
+                    __m512 tab = _mm512_mul_ps(codes, _mm512_set1_ps(sr[o + t]));              \
+                    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, tab),                         \
+                                        _mm512_loadu_ps(xb + 32 * t), a);                      \
+                    q = _mm512_srli_epi32(q, 4);                                               \
+                    c = _mm512_fmadd_ps(_mm512_permutexvar_ps(q, tab),                         \
+                                        _mm512_loadu_ps(xb + 32 * t + 16), c);                 \
+                    q = _mm512_srli_epi32(q, 4);                                               \
+                }                                                                              \
+            }
+            CK_I4_ROW(w0, sf[0], a0, b0) CK_I4_ROW(w1, sf[1], a1, b1)
+            CK_I4_ROW(w2, sf[2], a2, b2) CK_I4_ROW(w3, sf[3], a3, b3)
+#undef CK_I4_ROW
+        }
+    }
+    y[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));
+    y[1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));
+    y[2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));
+    y[3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
 }
 
 /* Whole blocks of an int4 row as fp32 (`of`) or bf16 (`oh`, round to nearest even); returns
@@ -546,6 +706,36 @@ static float ck_dot_row(const CkMat *m, int r, const float *x) {
 
 /* Rows [r0, r1) of y = M x, each passed through `ep` (EP_ADD: dst[r] += y). */
 static void ck_gemv_rows(const CkMat *m, const float *x, float *dst, int ep, int r0, int r1) {
+#if CK_X86
+    if (m->dtype == CK_I8 && ck_isa >= CK_ISA_AVX512) {
+        int n = m->in;
+        for (; r0 + 4 <= r1; r0 += 4) {
+            float y[4];
+            ck_dot4_i8_avx512((const int8_t *)m->w + (size_t)r0 * n, (size_t)n, x, n, y);
+            for (int k = 0; k < 4; k++) {
+                float v = y[k] * m->scale[r0 + k];
+                if (ep == EP_ADD) dst[r0 + k] += v;
+                else dst[r0 + k] = ck_epilogue(ep, v);
+            }
+        }
+    }
+    if (m->dtype == CK_I4 && m->group == 32 && ck_isa >= CK_ISA_AVX512) {
+        int n = m->in, ng = ck_i4_groups(n, 32), tail = n / CK_I4_BLOCK * CK_I4_BLOCK;
+        size_t rb = ck_i4_row_bytes(n);
+        for (; r0 + 4 <= r1; r0 += 4) {
+            const uint8_t *w = (const uint8_t *)m->w + (size_t)r0 * rb;
+            const uint16_t *gs = m->gscale + (size_t)r0 * ng;
+            float y[4];
+            ck_dot4_i4g32_avx512(w, rb, gs, ng, x, n, y);
+            for (int k = 0; k < 4; k++) {
+                if (tail < n)
+                    y[k] += ck_dot_i4_from(w + k * rb, gs + (size_t)k * ng, 32, x, tail, n);
+                if (ep == EP_ADD) dst[r0 + k] += y[k];
+                else dst[r0 + k] = ck_epilogue(ep, y[k]);
+            }
+        }
+    }
+#endif
     for (int r = r0; r < r1; r++) {
         float y = ck_dot_row(m, r, x);
         if (ep == EP_ADD) dst[r] += y;
@@ -784,11 +974,22 @@ static void ck_run_phase(CkPool *p, int total) {
 
 /* ---- products as phases ------------------------------------------------------------------ */
 
-/* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming. */
+/* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming, but
+ * at least 16 chunks in a matrix while they stay above 8 KiB: a phase ends when its last chunk
+ * does, and a small matrix (768 x 768 in int4: 330 KB, five chunks of 64 KiB) left one thread
+ * idle for up to a fifth of it. A multiple of 4 rows: the int4 kernel takes rows four at a
+ * time. */
+#define CK_CHUNK_BYTES 65536L
+#define CK_CHUNK_MIN_BYTES 8192L
+#define CK_CHUNKS_PER_MATRIX 16
 static int ck_rows_per_chunk(const CkMat *m) {
     long row = m->dtype == CK_F32 ? 4L * m->in : m->dtype == CK_BF16 ? 2L * m->in :
                m->dtype == CK_I8 ? (long)m->in : (long)ck_i4_row_bytes(m->in);
-    long rows = (65536 + row - 1) / row;
+    long target = row * m->out / CK_CHUNKS_PER_MATRIX;
+    if (target > CK_CHUNK_BYTES) target = CK_CHUNK_BYTES;
+    if (target < CK_CHUNK_MIN_BYTES) target = CK_CHUNK_MIN_BYTES;
+    long rows = (target + row - 1) / row;
+    if (rows > 4) rows = (rows + 3) / 4 * 4;
     if (rows < 1) rows = 1;
     return (int)rows;
 }
