@@ -6,12 +6,10 @@ cache serves a second load without quantizing, with identical logits."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import pytest
 import torch
 from safetensors import safe_open
+from v5v6_quant_helpers import CASES, PROMPT, dequantized_twin, logits, quantized_matrices
 
 from chatrwkv.models import load_model, quant
 from chatrwkv.models.quant import Int4Linear
@@ -32,53 +30,11 @@ SEQ_VS_RNN_TOL = 0.3
 INT4_REL_TOL = 0.4
 INT4_MIN_AGREE = 0.4
 
-PROMPT = torch.randint(0, 500, (24,), generator=torch.Generator().manual_seed(7)).tolist()
-CASES = [
-    ("5.2", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
-    ("5.1", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
-    ("5.0", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
-    ("6.0", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
-]
 
 
 def _per_layer(version: str) -> int:
     return 7 if version == "5.0" else 8  # att r, k, v, (gate), output; ffn key, receptance, value
 
-
-def _logits(model, tokens, one_by_one):
-    state = model.zero_state()
-    with torch.inference_mode():
-        if one_by_one:
-            return torch.stack([model.forward([t], state) for t in tokens])
-        return model.forward(tokens, state, full_output=True)
-
-
-def _deq(x):
-    return x.dequantize() if isinstance(x, Int4Linear) else x
-
-
-def _dequantized_twin(model):
-    """The same model object with each int4 matrix replaced by its fp32 dequantization."""
-    twin = copy.copy(model)
-    if hasattr(model, "blocks"):  # v5: frozen dataclasses
-        twin.blocks = tuple(dataclasses.replace(b, **{f.name: _deq(getattr(b, f.name))
-                                                      for f in dataclasses.fields(b)})
-                            for b in model.blocks)
-    else:  # v6: (att, ffn, halve_after) of NamedTuples
-        twin.layers = [(att._replace(**{k: _deq(v) for k, v in att._asdict().items()}),
-                        ffn._replace(**{k: _deq(v) for k, v in ffn._asdict().items()}), h)
-                       for att, ffn, h in model.layers]
-    twin.head = _deq(model.head)
-    return twin
-
-
-def _int4_matrices(model):
-    found = [model.head]
-    if hasattr(model, "blocks"):
-        found += [getattr(b, f.name) for b in model.blocks for f in dataclasses.fields(b)]
-    else:
-        found += [v for att, ffn, _ in model.layers for v in (*att, *ffn)]
-    return [m for m in found if isinstance(m, Int4Linear)]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -91,18 +47,18 @@ def test_int4_model_equals_its_twin_and_stays_near_fp32(tmp_path, version, dims)
     fp32 = load_model(path, "cpu", "fp32")
     int4 = load_model(path, "cpu", "int4", use_cache=False)
     assert int4.dtype_name == "int4" and "int4" in int4.describe()
-    assert len(_int4_matrices(int4)) == _per_layer(version) * dims["n_layer"] + 1  # + the head
+    assert len(quantized_matrices(int4, Int4Linear)) == _per_layer(version) * dims["n_layer"] + 1  # + the head
     # the embedding and the small vectors stay fp32
     assert int4.emb.dtype == torch.float32
-    ref = _logits(fp32, PROMPT, one_by_one=True)
-    rnn = _logits(int4, PROMPT, one_by_one=True)
-    seq = _logits(int4, PROMPT, one_by_one=False)
+    ref = logits(fp32, PROMPT, one_by_one=True)
+    rnn = logits(int4, PROMPT, one_by_one=True)
+    seq = logits(int4, PROMPT, one_by_one=False)
     assert rnn.dtype == torch.float32 and torch.isfinite(rnn).all() and torch.isfinite(seq).all()
 
-    twin = _dequantized_twin(int4)
-    assert not _int4_matrices(twin)
-    assert (rnn - _logits(twin, PROMPT, True)).abs().max().item() < ONE_TOKEN_VS_TWIN_TOL
-    assert (seq - _logits(twin, PROMPT, False)).abs().max().item() < SEQ_VS_TWIN_TOL
+    twin = dequantized_twin(int4, Int4Linear)
+    assert not quantized_matrices(twin, Int4Linear)
+    assert (rnn - logits(twin, PROMPT, True)).abs().max().item() < ONE_TOKEN_VS_TWIN_TOL
+    assert (seq - logits(twin, PROMPT, False)).abs().max().item() < SEQ_VS_TWIN_TOL
     assert (seq - rnn).abs().max().item() < SEQ_VS_RNN_TOL
 
     assert _rel(rnn, ref) < INT4_REL_TOL and _rel(seq, ref) < INT4_REL_TOL
@@ -127,4 +83,4 @@ def test_int4_second_load_comes_from_the_cache_with_identical_logits(
     second = load_model(path, "cpu", "int4")
     assert cache_files() == files
     for one_by_one in (True, False):
-        assert torch.equal(_logits(first, PROMPT, one_by_one), _logits(second, PROMPT, one_by_one))
+        assert torch.equal(logits(first, PROMPT, one_by_one), logits(second, PROMPT, one_by_one))

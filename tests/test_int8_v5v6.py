@@ -5,11 +5,9 @@ sequence path alike."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import pytest
 import torch
+from v5v6_quant_helpers import CASES, PROMPT, dequantized_twin, logits, quantized_matrices
 
 from chatrwkv.models import load_model, quant
 from chatrwkv.models.quant import Int8Linear, fbgemm_available
@@ -29,49 +27,7 @@ SEQ_VS_RNN_TOL = 0.3
 # measured 0.055-0.18.
 FAST_VS_TWIN_TOL = 0.3
 
-PROMPT = torch.randint(0, 500, (24,), generator=torch.Generator().manual_seed(7)).tolist()
-CASES = [
-    ("5.2", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
-    ("5.1", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
-    ("5.0", {"n_layer": 2, "n_embd": 64, "vocab_size": 500, "head_size": 32}),
-    ("6.0", {"n_layer": 2, "n_embd": 128, "vocab_size": 500, "head_size": 32}),
-]
 
-
-def _logits(model, tokens, one_by_one):
-    state = model.zero_state()
-    with torch.inference_mode():
-        if one_by_one:
-            return torch.stack([model.forward([t], state) for t in tokens])
-        return model.forward(tokens, state, full_output=True)
-
-
-def _deq(x):
-    return x.dequantize() if isinstance(x, Int8Linear) else x
-
-
-def _dequantized_twin(model):
-    """The same model object with each int8 matrix replaced by its fp32 dequantization."""
-    twin = copy.copy(model)
-    if hasattr(model, "blocks"):  # v5: frozen dataclasses
-        twin.blocks = tuple(dataclasses.replace(b, **{f.name: _deq(getattr(b, f.name))
-                                                      for f in dataclasses.fields(b)})
-                            for b in model.blocks)
-    else:  # v6: (att, ffn, halve_after) of NamedTuples
-        twin.layers = [(att._replace(**{k: _deq(v) for k, v in att._asdict().items()}),
-                        ffn._replace(**{k: _deq(v) for k, v in ffn._asdict().items()}), h)
-                       for att, ffn, h in model.layers]
-    twin.head = _deq(model.head)
-    return twin
-
-
-def _int8_matrices(model):
-    found = [model.head]
-    if hasattr(model, "blocks"):
-        found += [getattr(b, f.name) for b in model.blocks for f in dataclasses.fields(b)]
-    else:
-        found += [v for att, ffn, _ in model.layers for v in (*att, *ffn)]
-    return [m for m in found if isinstance(m, Int8Linear)]
 
 
 @pytest.mark.parametrize("version,dims", CASES)
@@ -80,19 +36,19 @@ def test_int8_model_close_to_fp32_and_to_its_twin(tmp_path, version, dims):
     fp32, int8 = load_model(path, "cpu", "fp32"), load_model(path, "cpu", "int8")
     assert int8.dtype_name == "int8" and "int8" in int8.describe()
     per_layer = 7 if version == "5.0" else 8  # r, k, v, (gate), output; ffn k, r, v
-    assert len(_int8_matrices(int8)) == per_layer * dims["n_layer"] + 1  # and the head
-    ref = _logits(fp32, PROMPT, one_by_one=True)
-    rnn = _logits(int8, PROMPT, one_by_one=True)
-    seq = _logits(int8, PROMPT, one_by_one=False)
+    assert len(quantized_matrices(int8, Int8Linear)) == per_layer * dims["n_layer"] + 1  # and the head
+    ref = logits(fp32, PROMPT, one_by_one=True)
+    rnn = logits(int8, PROMPT, one_by_one=True)
+    seq = logits(int8, PROMPT, one_by_one=False)
     assert rnn.dtype == torch.float32 and torch.isfinite(rnn).all()
     assert (rnn[0] - ref[0]).abs().max().item() < FIRST_TOKEN_TOL
     assert (rnn - ref).abs().max().item() < INT8_TOL
     assert (seq - ref).abs().max().item() < INT8_TOL
     assert (seq - rnn).abs().max().item() < SEQ_VS_RNN_TOL
-    twin = _dequantized_twin(int8)
-    assert not _int8_matrices(twin)
+    twin = dequantized_twin(int8, Int8Linear)
+    assert not quantized_matrices(twin, Int8Linear)
     for one_by_one, got in ((True, rnn), (False, seq)):
-        want = _logits(twin, PROMPT, one_by_one)
+        want = logits(twin, PROMPT, one_by_one)
         fast = fbgemm_available() or quant._quantcpu is not None
         tol = FAST_VS_TWIN_TOL if fast else 1e-4
         assert (got - want).abs().max().item() < tol
@@ -106,8 +62,8 @@ def test_int8_without_fbgemm_is_exactly_the_twin(tmp_path, monkeypatch, version,
     monkeypatch.setattr(quant, "fbgemm_available", lambda: False)
     monkeypatch.setattr(quant, "_quantcpu", None)
     int8 = load_model(path, "cpu", "int8")
-    assert all(m._packed is None for m in _int8_matrices(int8))
-    twin = _dequantized_twin(int8)
+    assert all(m._packed is None for m in quantized_matrices(int8, Int8Linear))
+    twin = dequantized_twin(int8, Int8Linear)
     for one_by_one in (True, False):
-        got, want = _logits(int8, PROMPT, one_by_one), _logits(twin, PROMPT, one_by_one)
+        got, want = logits(int8, PROMPT, one_by_one), logits(twin, PROMPT, one_by_one)
         assert torch.allclose(got, want, atol=1e-5, rtol=0)
