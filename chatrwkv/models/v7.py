@@ -16,7 +16,6 @@ differs only in the channel mix: the squared key activation is scaled per token 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
@@ -30,7 +29,7 @@ from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
-from .quant import Int4Linear, Int8Linear
+from .quant import Int4Linear, Int8Linear, native_bf16
 from .v7_de import (
     DEEP_EMBED_KEY,
     DeepEmbedPages,
@@ -109,18 +108,9 @@ def _mm(x: torch.Tensor, W: Matrix) -> torch.Tensor:
         return W(x)
     if x.dtype == W.dtype:
         return F.linear(x, W)
-    if x.dim() == 1 or (W.dtype == torch.bfloat16 and _native_bf16()):
+    if x.dim() == 1 or (W.dtype == torch.bfloat16 and native_bf16()):
         return F.linear(x.to(W.dtype), W).to(x.dtype)
     return F.linear(x, W.to(x.dtype))
-
-
-@functools.cache
-def _native_bf16() -> bool:
-    """Whether oneDNN multiplies bf16 natively here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # --- the WKV recurrence -----------------------------------------------------------------------
