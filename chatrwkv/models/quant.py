@@ -91,8 +91,13 @@ def _quantize_rows_c(weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
         if done is not None:
             done(weight[s:s + step])
 
-    starts = range(0, rows, step)
-    if len(starts) == 1 or torch.get_num_threads() == 1:
+    _each_block(one, range(0, rows, step))
+
+
+def _each_block(one: Callable[[int], None], starts: range, parallel: bool = True) -> None:
+    """`one(start)` for each block of rows, spread over torch's threads when `parallel` (the C
+    quantizers release the GIL) and there is more than one block and one thread."""
+    if not parallel or len(starts) == 1 or torch.get_num_threads() == 1:
         for s in starts:
             one(s)
     else:
@@ -348,13 +353,7 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
         if done is not None:
             done(weight[s:s + block])
 
-    starts = range(0, rows, block)
-    if _quantcpu is None or len(starts) == 1 or torch.get_num_threads() == 1:
-        for s in starts:
-            one(s)
-    else:
-        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
-            list(pool.map(one, starts))
+    _each_block(one, range(0, rows, block), parallel=_quantcpu is not None)
     return packed, scales
 
 
