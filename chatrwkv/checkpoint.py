@@ -17,7 +17,7 @@ import torch
 
 from .errors import CheckpointError, first_line
 from .safeio import FileRefused, check_regular
-from .stmap import load_torch_readonly, map_readonly
+from .stmap import load_torch_readonly, map_readonly, refused_for_size
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # Weights are floating point; int8 / uint8 may hold quantized weights. Anything else (int64,
@@ -44,7 +44,7 @@ def _read_torch(path: Path) -> dict:
         try:
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
         except RuntimeError as e:
-            if not (mmap and "Cannot allocate memory" in str(e)):
+            if not (mmap and refused_for_size(e)):
                 raise
             return load_torch_readonly(path)  # bigger than memory: map it read-only
     except pickle.UnpicklingError as e:
@@ -64,7 +64,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - untrusted bytes (see _read_torch)
-        if "Cannot allocate memory" in str(e):  # bigger than memory: map it read-only
+        if refused_for_size(e):  # bigger than memory: map it read-only
             try:
                 return map_readonly(path)
             except (ValueError, TypeError, OSError, RuntimeError) as e2:

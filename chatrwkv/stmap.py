@@ -22,6 +22,13 @@ from pathlib import Path
 
 import torch
 
+
+def refused_for_size(e: BaseException) -> bool:
+    """Whether torch or safetensors failed to map a file because the private mapping was
+    refused (ENOMEM: "unable to mmap N bytes from file ...: Cannot allocate memory (12)")."""
+    return "Cannot allocate memory" in str(e)
+
+
 MAX_HEADER = 100 << 20  # bytes of JSON; real headers of 13B models are well under 1 MB
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
