@@ -190,3 +190,11 @@ class ScriptModel(FakeModel):
         nxt = int(state.pos[0])
         logits[self.script[nxt] if nxt < len(self.script) else self.after] = 100.0
         return logits
+
+
+def read_session_file(path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A saved session file's metadata and tensors, for tests that damage or rewrite one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118

@@ -7,8 +7,7 @@ import json
 import math
 
 import torch
-from chat_fakes import FakeModel, FakeTokenizer
-from safetensors import safe_open
+from chat_fakes import FakeModel, FakeTokenizer, read_session_file
 from safetensors.torch import save_file
 
 from chatrwkv import commands as C
@@ -37,10 +36,7 @@ def saved(tmp_path):
     for line in ["hello", "+", "+gen free", "+branch side", "more", "+undo", "again", "+undo",
                  "+switch main", "+save good"]:  # side's redo stack is saved, parked
         run(a, line)
-    with safe_open(str(tmp_path / "good.session"), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return meta, tensors
+    return read_session_file(tmp_path / "good.session")
 
 
 def mutations(meta, tensors):

@@ -4,7 +4,7 @@
 import json
 
 import pytest
-from chat_fakes import FakeModel, FakeTokenizer
+from chat_fakes import FakeModel, FakeTokenizer, read_session_file
 
 from chatrwkv import commands as C
 from chatrwkv.events import Info, Problem, ShowTranscript, ShowTree
@@ -187,14 +187,12 @@ def test_other_branches_redo_stacks_survive_save_and_load(tmp_path):
 
 def test_a_file_without_parked_redo_stacks_still_loads(tmp_path):
     """Files written before the other branches' redo stacks were saved have no `parked_redo`."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     s = make(tmp_path)
     for line in ("one", "+undo", "+branch alt", "+switch main", "+save new"):
         run(s, line)
-    with safe_open(str(tmp_path / "new.session"), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta, tensors = read_session_file(tmp_path / "new.session")
     body = json.loads(meta["body"])
     assert "parked_redo" in body
     del body["parked_redo"]
@@ -208,14 +206,12 @@ def test_a_file_without_parked_redo_stacks_still_loads(tmp_path):
 
 
 def test_parked_redo_of_an_unknown_branch_or_node_is_refused(tmp_path):
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     s = make(tmp_path)
     for line in ("one", "+branch alt", "+undo", "+switch main", "+save f"):
         run(s, line)
-    with safe_open(str(tmp_path / "f.session"), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta, tensors = read_session_file(tmp_path / "f.session")
     body = json.loads(meta["body"])
     assert body["parked_redo"] == {"alt": [1]}
     for bad in ({"nope": [1]}, {"alt": [99]}, {"main": [1]}, {"alt": ["1"]}, []):
