@@ -124,19 +124,19 @@ def test_int8_model_close_to_fp32(tmp_path, version, dims, tol):
         assert a.dtype == torch.float32 and torch.isfinite(a).all() and a.shape == b.shape
 
 
-def test_int8_refused_where_not_implemented(tmp_path):
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_dtype_refused_where_not_implemented(tmp_path, dtype):
     with pytest.raises(ChatRWKVError, match="CPU-only"):
-        resolve_dtype("int8", torch.device("cuda"))
+        resolve_dtype(dtype, torch.device("cuda"))
     path = write_checkpoint(tmp_path / "v5.pth", "5.2", seed=1, n_layer=1, n_embd=64,
                             vocab_size=50, head_size=32)
     from chatrwkv.checkpoint import Checkpoint
     from chatrwkv.models.v5 import RWKV5
 
-    class NoInt8(RWKV5):  # every version has int8 now; a new one may not at first
-        supports_int8 = False
-
-    with pytest.raises(ChatRWKVError, match="int8 is not implemented"):
-        NoInt8(Checkpoint.open(path), torch.device("cpu"), "int8")
+    # every version has int8 and int4 now; a new one may not at first
+    lacking = type("Lacking", (RWKV5,), {f"supports_{dtype}": False})
+    with pytest.raises(ChatRWKVError, match=f"{dtype} is not implemented"):
+        lacking(Checkpoint.open(path), torch.device("cpu"), dtype)
 
 
 # --- giving back the checkpoint's pages (models/pages.py) ---------------------------------------
@@ -279,21 +279,6 @@ def test_int4_model_close_to_fp32(tmp_path, version, dims):
     assert (seq - rnn).abs().max().item() < INT4_SEQ_VS_RNN_TOL
     # random weights, ~9% error each: most greedy tokens still agree with fp32
     assert (rnn.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.5
-
-
-def test_int4_refused_where_not_implemented(tmp_path):
-    with pytest.raises(ChatRWKVError, match="CPU-only"):
-        resolve_dtype("int4", torch.device("cuda"))
-    path = write_checkpoint(tmp_path / "v5.pth", "5.2", seed=1, n_layer=1, n_embd=64,
-                            vocab_size=50, head_size=32)
-    from chatrwkv.checkpoint import Checkpoint
-    from chatrwkv.models.v5 import RWKV5
-
-    class NoInt4(RWKV5):  # every version has int4 now; a new one may not at first
-        supports_int4 = False
-
-    with pytest.raises(ChatRWKVError, match="int4 is not implemented"):
-        NoInt4(Checkpoint.open(path), torch.device("cpu"), "int4")
 
 
 @needs_quantcpu
