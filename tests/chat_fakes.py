@@ -110,14 +110,18 @@ class FakeModel:
     def fingerprint(self) -> str:
         return f"{float(self.A.sum()):.6f}"
 
-    def forward(self, tokens, state: FakeState, full_output: bool = False) -> torch.Tensor:
+    def _advance(self, tokens, state: FakeState) -> torch.Tensor:
+        """Feeds `tokens` through the recurrence (recorded in `calls`); the new hidden vector."""
         assert tokens, "forward needs tokens"
         self.calls.append(list(tokens))
         h = state.h[0]
         for t in tokens:
             h = torch.tanh(self.A @ h + self.E[t])
         state.h[0] = h
-        return self.U @ h + self.bias
+        return h
+
+    def forward(self, tokens, state: FakeState, full_output: bool = False) -> torch.Tensor:
+        return self.U @ self._advance(tokens, state) + self.bias
 
 
 @dataclasses.dataclass
@@ -177,12 +181,7 @@ class ScriptModel(FakeModel):
         return ScriptState(h=torch.zeros(1, self.dim), pos=torch.zeros(1, dtype=torch.long))
 
     def forward(self, tokens, state: ScriptState, full_output: bool = False) -> torch.Tensor:
-        assert tokens, "forward needs tokens"
-        self.calls.append(list(tokens))
-        h = state.h[0]
-        for t in tokens:
-            h = torch.tanh(self.A @ h + self.E[t])
-        state.h[0] = h
+        self._advance(tokens, state)
         pos = int(state.pos[0])
         follows = len(tokens) == 1 and pos < len(self.script) and tokens[0] == self.script[pos]
         state.pos[0] = pos + 1 if follows else 0
