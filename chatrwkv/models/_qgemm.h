@@ -50,15 +50,17 @@ static int qg_level(void) {
 static inline int qg_i4_group_ok(int group) { return group >= 32 && group % 32 == 0; }
 
 /* The quantized activations of one product. Layouts by level and dtype:
- *   int8 VNNI: uint8 [T, kp] = x_q + 128 (kp = in rounded up to 64; the padding is never read
- *              against a weight: the last step masks the weight load)
+ *   VNNI (both): uint8 x_q + 128 in tiles of `tt` tokens, [ceil(T / tt), kp / 4, tt, 4]: the
+ *              4 bytes of one step of one token side by side, the steps of a tile in a row
+ *              (kp = in rounded up to 64 (int8) or nb * 128 (int4); padding and the tokens
+ *              past T: 128, i.e. x = 0)
  *   int8 AVX2: int16 [T, kp] (kp = in)
  *   int8 scalar: int8 [T, kp] (kp = in)
- *   int4 SIMD: int8 [T, nb * 128] in the permuted block order above (zero padded), and
+ *   int4 AVX2: int8 [T, nb * 128] in the permuted block order above (zero padded), and
  *              corr int32 [T, nb, 16]
  *   int4 scalar: int8 [T, nb * 128] in plain order (zero padded) */
 typedef struct {
-    int level, dtype, T, in, kp, nb;
+    int level, dtype, T, in, kp, nb, tt;
     float *sx;        /* [T]: x ~ x_q * sx */
     void *xq;
     int32_t *corr;
@@ -146,12 +148,19 @@ static void qg_prep_token(QgActs *a, const float *x, int t, int8_t *tmp) {
     else
 #endif
         qg_round_scalar(xr, n, inv, q);
+    if (a->level == QG_VNNI) {  /* x_q + 128 = x_q ^ 0x80, a step (4 bytes) at a time */
+        memset(q + n, 0, a->kp - n);
+        uint8_t *u = (uint8_t *)a->xq + (size_t)(t / a->tt) * a->kp * a->tt + 4 * (t % a->tt);
+        for (int k = 0; k < a->kp; k += 4) {
+            uint32_t v;
+            memcpy(&v, q + k, 4);
+            v ^= 0x80808080u;
+            memcpy(u + (size_t)k * a->tt, &v, 4);
+        }
+        return;
+    }
     if (a->dtype == CK_I8) {
-        if (a->level == QG_VNNI) {
-            uint8_t *u = (uint8_t *)a->xq + (size_t)t * a->row_bytes;
-            for (int i = 0; i < n; i++) u[i] = (uint8_t)(q[i] + 128);
-            memset(u + n, 128, a->kp - n);
-        } else if (a->level == QG_AVX2) {
+        if (a->level == QG_AVX2) {
             int16_t *s = (int16_t *)a->xq + (size_t)t * a->kp;
             for (int i = 0; i < n; i++) s[i] = q[i];
         }
@@ -206,57 +215,11 @@ static void qg_i8_tile_scalar(const CkMat *m, const QgActs *a, float *y, int r0,
 #if CK_X86
 #define CK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
-CK_AVX512 static inline int32_t qg_hsum512(__m512i v) { return _mm512_reduce_add_epi32(v); }
-
 CK_AVX2 static inline int32_t qg_hsum256(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return _mm_cvtsi128_si32(s);
-}
-
-/* R x TT int8 tile (R <= 4, TT <= 4: compile-time constants where it is inlined). */
-__attribute__((always_inline)) CK_VNNI static inline void qg_i8_vnni_body(
-    const CkMat *m, const QgActs *a, const int32_t *wsum, float *y, int r0, const int R, int t0,
-    const int TT) {
-    int n = m->in, full = n / 64 * 64;
-    const int8_t *w[QG_ROWS];
-    const uint8_t *x[QG_I8_TOKS];
-    __m512i acc[QG_ROWS][QG_I8_TOKS];
-    for (int i = 0; i < R; i++) w[i] = (const int8_t *)m->w + (size_t)(r0 + i) * n;
-    for (int j = 0; j < TT; j++) x[j] = (const uint8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes;
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_si512();
-    for (int k = 0; k < full; k += 64) {
-        __m512i wv[QG_ROWS];
-        for (int i = 0; i < R; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + k));
-        for (int j = 0; j < TT; j++) {
-            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + k));
-            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
-        }
-    }
-    if (full < n) {  /* the last partial step: masked weights (nothing read past the row) */
-        __mmask64 mk = _cvtu64_mask64(~0ULL >> (64 - (n - full)));
-        __m512i wv[QG_ROWS];
-        for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_epi8(mk, w[i] + full);
-        for (int j = 0; j < TT; j++) {
-            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + full));
-            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
-        }
-    }
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++)
-            qg_i8_store(m, a, wsum, y, r0 + i, t0 + j, qg_hsum512(acc[i][j]));
-}
-
-CK_VNNI static void qg_i8_tile_vnni(const CkMat *m, const QgActs *a, const int32_t *wsum,
-                                    float *y, int r0, int R, int t0, int TT) {
-    if (R == QG_ROWS && TT == QG_I8_TOKS) {
-        qg_i8_vnni_body(m, a, wsum, y, r0, QG_ROWS, t0, QG_I8_TOKS);
-        return;
-    }
-    for (int i = 0; i < R; i++)  /* edges: one row at a time */
-        for (int j = 0; j < TT; j++) qg_i8_vnni_body(m, a, wsum, y, r0 + i, 1, t0 + j, 1);
 }
 
 __attribute__((always_inline)) CK_AVX2 static inline void qg_i8_avx2_body(
@@ -338,134 +301,6 @@ static void qg_i4_tile_scalar(const CkMat *m, const QgActs *a, float *y, int r0,
 }
 
 #if CK_X86
-__attribute__((always_inline)) CK_VNNI static inline void qg_i4_vnni_body(
-    const CkMat *m, const QgActs *a, float *y, int r0, const int R, int t0, const int TT) {
-    int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
-    size_t rb = ck_i4_row_bytes(n);
-    const __m512i low = _mm512_set1_epi8(15);
-    const __m512i tr = _mm512_broadcast_i32x4(
-        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
-    __m512 f[QG_ROWS][QG_I4_TOKS];
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++) f[i][j] = _mm512_setzero_ps();
-    int fast_scales = m->group == 32;
-    for (int b = 0; b < nb; b++) {
-        __m512i lo[QG_ROWS], hi[QG_ROWS];
-        __m512 d[QG_ROWS];
-        for (int i = 0; i < R; i++) {
-            int r = r0 + i;
-            __m512i q = _mm512_loadu_si512((const void *)((const uint8_t *)m->w + r * rb +
-                                                          (size_t)b * 64));
-            lo[i] = _mm512_shuffle_epi8(_mm512_and_si512(q, low), tr);
-            hi[i] = _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), low), tr);
-            const uint16_t *gs = m->gscale + (size_t)r * ng;
-            if (fast_scales && 4 * b + 3 < ng) {
-                __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(gs + 4 * b)));
-                d[i] = _mm512_broadcast_f32x4(d4);
-            } else {
-                d[i] = _mm512_broadcast_f32x4(qg_i4_block_scales_f16c(gs, m->group, ng, b));
-            }
-        }
-        for (int j = 0; j < TT; j++) {
-            const int8_t *x = (const int8_t *)a->xq + (size_t)(t0 + j) * a->row_bytes +
-                              (size_t)b * 128;
-            __m512i xl = _mm512_loadu_si512((const void *)x);
-            __m512i xh = _mm512_loadu_si512((const void *)(x + 64));
-            __m512i c = _mm512_loadu_si512(
-                (const void *)(a->corr + ((size_t)(t0 + j) * nb + b) * 16));
-            for (int i = 0; i < R; i++) {
-                __m512i s = _mm512_dpbusd_epi32(c, lo[i], xl);
-                s = _mm512_dpbusd_epi32(s, hi[i], xh);
-                f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d[i], f[i][j]);
-            }
-        }
-    }
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++)
-            y[(size_t)(t0 + j) * m->out + r0 + i] = a->sx[t0 + j] * _mm512_reduce_add_ps(f[i][j]);
-}
-
-/* The main tile spelled out (4 rows x 3 tokens: 12 sums + 8 unpacked vectors + 4 scale
- * vectors in registers; with arrays gcc kept them on the stack, 7x slower). */
-#define QG_I4_UNPACK(i)                                                                       \
-    do {                                                                                      \
-        int r_ = r0 + (i);                                                                    \
-        __m512i q_ = _mm512_loadu_si512((const void *)(w0 + (size_t)r_ * rb + (size_t)b * 64)); \
-        lo##i = _mm512_shuffle_epi8(_mm512_and_si512(q_, low), tr);                          \
-        hi##i = _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q_, 4), low), tr);    \
-        const uint16_t *gs_ = m->gscale + (size_t)r_ * ng;                                    \
-        if (fast) {                                                                           \
-            d##i = _mm512_broadcast_f32x4(                                                    \
-                _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(gs_ + 4 * b))));              \
-        } else {                                                                              \
-            d##i = _mm512_broadcast_f32x4(qg_i4_block_scales_f16c(gs_, m->group, ng, b));     \
-        }                                                                                     \
-    } while (0)
-#define QG_I4_STEP(i, j)                                                                      \
-    f##i##j = _mm512_fmadd_ps(                                                                \
-        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo##i, xl), hi##i, xh)), \
-        d##i, f##i##j)
-#define QG_I4_TOKEN(j)                                                                        \
-    do {                                                                                      \
-        const int8_t *x_ = xq + (size_t)(t0 + (j)) * a->row_bytes + (size_t)b * 128;         \
-        __m512i xl = _mm512_loadu_si512((const void *)x_);                                    \
-        __m512i xh = _mm512_loadu_si512((const void *)(x_ + 64));                             \
-        __m512i c = _mm512_loadu_si512((const void *)(a->corr + ((size_t)(t0 + (j)) * nb + b) * 16)); \
-        QG_I4_STEP(0, j);                                                                     \
-        QG_I4_STEP(1, j);                                                                     \
-        QG_I4_STEP(2, j);                                                                     \
-        QG_I4_STEP(3, j);                                                                     \
-    } while (0)
-
-CK_VNNI static void qg_i4_vnni_4x3(const CkMat *m, const QgActs *a, float *y, int r0, int t0) {
-    int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
-    size_t rb = ck_i4_row_bytes(n);
-    const uint8_t *w0 = (const uint8_t *)m->w;
-    const int8_t *xq = (const int8_t *)a->xq;
-    const __m512i low = _mm512_set1_epi8(15);
-    const __m512i tr = _mm512_broadcast_i32x4(
-        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
-    __m512 f00 = _mm512_setzero_ps(), f01 = f00, f02 = f00, f10 = f00, f11 = f00, f12 = f00;
-    __m512 f20 = f00, f21 = f00, f22 = f00, f30 = f00, f31 = f00, f32 = f00;
-    for (int b = 0; b < nb; b++) {
-        int fast = m->group == 32 && 4 * b + 3 < ng;
-        __m512i lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3;
-        __m512 d0, d1, d2, d3;
-        QG_I4_UNPACK(0);
-        QG_I4_UNPACK(1);
-        QG_I4_UNPACK(2);
-        QG_I4_UNPACK(3);
-        QG_I4_TOKEN(0);
-        QG_I4_TOKEN(1);
-        QG_I4_TOKEN(2);
-    }
-    float *yt = y + (size_t)t0 * m->out + r0;
-    size_t ld = m->out;
-    float s0 = a->sx[t0], s1 = a->sx[t0 + 1], s2 = a->sx[t0 + 2];
-    yt[0] = s0 * _mm512_reduce_add_ps(f00);
-    yt[1] = s0 * _mm512_reduce_add_ps(f10);
-    yt[2] = s0 * _mm512_reduce_add_ps(f20);
-    yt[3] = s0 * _mm512_reduce_add_ps(f30);
-    yt[ld] = s1 * _mm512_reduce_add_ps(f01);
-    yt[ld + 1] = s1 * _mm512_reduce_add_ps(f11);
-    yt[ld + 2] = s1 * _mm512_reduce_add_ps(f21);
-    yt[ld + 3] = s1 * _mm512_reduce_add_ps(f31);
-    yt[2 * ld] = s2 * _mm512_reduce_add_ps(f02);
-    yt[2 * ld + 1] = s2 * _mm512_reduce_add_ps(f12);
-    yt[2 * ld + 2] = s2 * _mm512_reduce_add_ps(f22);
-    yt[2 * ld + 3] = s2 * _mm512_reduce_add_ps(f32);
-}
-
-CK_VNNI static void qg_i4_tile_vnni(const CkMat *m, const QgActs *a, float *y, int r0, int R,
-                                    int t0, int TT) {
-    if (R == QG_ROWS && TT == QG_I4_TOKS) {
-        qg_i4_vnni_4x3(m, a, y, r0, t0);
-        return;
-    }
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++) qg_i4_vnni_body(m, a, y, r0 + i, 1, t0 + j, 1);
-}
-
 __attribute__((always_inline)) CK_AVX2 static inline void qg_i4_avx2_body(
     const CkMat *m, const QgActs *a, float *y, int r0, const int R, int t0, const int TT) {
     int n = m->in, ng = ck_i4_groups(n, m->group), nb = a->nb;
@@ -538,16 +373,256 @@ typedef struct {
     const float *x;
     float *y;
     const int32_t *wsum;
-    int rows_per_chunk, n_tc;
+    int rows_per_chunk, n_tc, toks_per_chunk;
 } QgJob;
+
+/* ---- VNNI: panels of 32 rows repacked for the chunk ------------------------------------------
+ *
+ * A chunk repacks its 32 rows ("panel") into [kp / 4, 32] dwords: one zmm per 16 rows per step
+ * of 4 inputs, lanes = rows (int4 unpacked to signed codes u - 8). A tile of tt tokens then
+ * broadcasts one token's 4 activation bytes and multiplies them into both zmm: 2 x tt sums, one
+ * output row per lane, no horizontal sums at the end and a vector store per token. The copy
+ * lives for the chunk only (32 x kp bytes, 24 KiB at in = 768); its cost, a 16 x 16 transpose
+ * of dwords per 16 rows and 64 inputs, is shared by the chunk's tokens (up to QG_V_TOKS).
+ *   int8: 2 x 12 int32 sums; y = s_x * scale * (sum - 128 rowsum), as the other levels.
+ *   int4: per group, 2 x 6 int32 sums start from -128 * (the group's code sum) (the
+ *         activations' +128), then convert and multiply-add by the group's scales into 2 x 6
+ *         fp32 sums. */
+#define QG_PANEL 32
+#define QG_V8_TOKS 12  /* tokens of an int8 tile: 24 sums + 2 weights + 1 broadcast */
+#define QG_V4_TOKS 6   /* int4: 12 int32 + 12 fp32 sums + 2 weights + 1 broadcast */
+#define QG_V_TOKS 264  /* tokens of a chunk at most (a multiple of both tiles) */
+
+#if CK_X86
+/* 16 rows of 16 dwords -> 16 columns: r[d] lane i = row i's dword d. */
+__attribute__((always_inline)) CK_VNNI static inline void qg_tr16(__m512i *r) {
+    __m512i t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {  /* r[4 i + c], 128-bit lane L: rows 4 i.. 4 i + 3, dword 4 L + c */
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {  /* a 4 x 4 transpose of 128-bit lanes */
+        __m512i a0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44);
+        __m512i a1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
+        __m512i b0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+        __m512i b1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+        t[c] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
+        t[8 + c] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* The int8 panel: rows [r0, r0 + 32) (zero past out) into wp [kp / 4, 32] dwords. */
+CK_VNNI static void qg_v8_pack(const CkMat *m, int r0, int kp, uint8_t *wp) {
+    int n = m->in;
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < kp; k += 64) {
+            __m512i v[16];
+            __mmask64 mk = _cvtu64_mask64(n - k >= 64 ? ~0ULL : ~0ULL >> (64 - (n - k)));
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                int r = r0 + 16 * h + i;
+                v[i] = r < m->out ? _mm512_maskz_loadu_epi8(mk, (const int8_t *)m->w +
+                                                                    (size_t)r * n + k)
+                                  : _mm512_setzero_si512();
+            }
+            qg_tr16(v);
+#pragma GCC unroll 16
+            for (int d = 0; d < 16; d++)
+                _mm512_store_si512((void *)(wp + ((size_t)(k / 4 + d) * QG_PANEL + 16 * h) * 4),
+                                   v[d]);
+        }
+}
+
+/* The int4 panel: codes - 8 into wp [kp / 4, 32] dwords (steps in plain input order), per
+ * group g the sums' start -128 * sum(codes - 8) into corr [ng, 32] and the scales into d. */
+CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int32_t *corr,
+                               float *d) {
+    int n = m->in, nb = kp / 128, ng = ck_i4_groups(n, m->group);
+    size_t rb = ck_i4_row_bytes(n);
+    const __m512i low = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    const __m512i tr = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    for (int h = 0; h < 2; h++)
+        for (int b = 0; b < nb; b++) {
+            __m512i lo[16], hi[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                int r = r0 + 16 * h + i;
+                if (r < m->out) {
+                    __m512i q = _mm512_loadu_si512(
+                        (const void *)((const uint8_t *)m->w + (size_t)r * rb + (size_t)b * 64));
+                    /* dword c of 128-bit lane L: weights 32 c + 4 L + 0..3 (lo), + 16 (hi) */
+                    lo[i] = _mm512_sub_epi8(_mm512_shuffle_epi8(_mm512_and_si512(q, low), tr),
+                                            eight);
+                    hi[i] = _mm512_sub_epi8(
+                        _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), low), tr),
+                        eight);
+                } else {
+                    lo[i] = hi[i] = _mm512_setzero_si512();
+                }
+            }
+            qg_tr16(lo);
+            qg_tr16(hi);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {  /* dword j = 4 L + c: step 8 c + L (+ 4: hi) */
+                size_t s = (size_t)b * 32 + 8 * (j & 3) + (j >> 2);
+                _mm512_store_si512((void *)(wp + (s * QG_PANEL + 16 * h) * 4), lo[j]);
+                _mm512_store_si512((void *)(wp + ((s + 4) * QG_PANEL + 16 * h) * 4), hi[j]);
+            }
+        }
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    for (int g = 0; g < ng; g++) {
+        int s0 = g * m->group / 4, s1 = (g + 1) * m->group < kp ? (g + 1) * m->group / 4 : kp / 4;
+        for (int h = 0; h < 2; h++) {
+            __m512i c = _mm512_setzero_si512();
+            for (int s = s0; s < s1; s++)
+                c = _mm512_dpbusd_epi32(
+                    c, k128, _mm512_load_si512((const void *)(wp + ((size_t)s * QG_PANEL + 16 * h) * 4)));
+            _mm512_store_si512((void *)(corr + g * QG_PANEL + 16 * h),
+                               _mm512_sub_epi32(_mm512_setzero_si512(), c));
+        }
+        for (int i = 0; i < QG_PANEL; i++) {
+            int r = r0 + i;
+            d[g * QG_PANEL + i] = r < m->out ? ck_f16_to_f32(m->gscale[(size_t)r * ng + g]) : 0.0f;
+        }
+    }
+}
+
+/* Tokens [t0, t0 + QG_V8_TOKS) (those below T stored) x the int8 panel at r0. */
+CK_VNNI static void qg_v8_tile(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                               const uint8_t *wp, float *y, int r0, int t0) {
+    const uint8_t *xp = (const uint8_t *)a->xq + (size_t)(t0 / QG_V8_TOKS) * a->kp * QG_V8_TOKS;
+    __m512i s0[QG_V8_TOKS], s1[QG_V8_TOKS];
+#pragma GCC unroll 16
+    for (int j = 0; j < QG_V8_TOKS; j++) s0[j] = s1[j] = _mm512_setzero_si512();
+    for (int k = 0; k < a->kp / 4; k++) {
+        __m512i w0 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4));
+        __m512i w1 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4 + 64));
+        const uint8_t *xk = xp + (size_t)k * QG_V8_TOKS * 4;
+#pragma GCC unroll 16
+        for (int j = 0; j < QG_V8_TOKS; j++) {
+            int32_t v;
+            memcpy(&v, xk + 4 * j, 4);
+            __m512i xb = _mm512_set1_epi32(v);
+            s0[j] = _mm512_dpbusd_epi32(s0[j], xb, w0);
+            s1[j] = _mm512_dpbusd_epi32(s1[j], xb, w1);
+        }
+    }
+    int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
+    __mmask16 k0 = _cvtu32_mask16(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    __mmask16 k1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    __m512i c0 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k0, wsum + r0), 7);
+    __m512i c1 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k1, wsum + r0 + 16), 7);
+    __m512 d0 = _mm512_maskz_loadu_ps(k0, m->scale + r0);
+    __m512 d1 = _mm512_maskz_loadu_ps(k1, m->scale + r0 + 16);
+#pragma GCC unroll 16
+    for (int j = 0; j < QG_V8_TOKS; j++) {
+        int t = t0 + j;
+        if (t >= a->T) break;
+        __m512 sx = _mm512_set1_ps(a->sx[t]);
+        float *yt = y + (size_t)t * m->out + r0;
+        _mm512_mask_storeu_ps(yt, k0, _mm512_mul_ps(_mm512_mul_ps(sx, d0),
+                                                   _mm512_cvtepi32_ps(_mm512_sub_epi32(s0[j], c0))));
+        _mm512_mask_storeu_ps(yt + 16, k1, _mm512_mul_ps(_mm512_mul_ps(sx, d1),
+                                                        _mm512_cvtepi32_ps(_mm512_sub_epi32(s1[j], c1))));
+    }
+}
+
+/* Tokens [t0, t0 + QG_V4_TOKS) x the int4 panel at r0 (corr, d: qg_v4_pack's). */
+CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *wp,
+                               const int32_t *corr, const float *d, float *y, int r0, int t0) {
+    const uint8_t *xp = (const uint8_t *)a->xq + (size_t)(t0 / QG_V4_TOKS) * a->kp * QG_V4_TOKS;
+    int ng = ck_i4_groups(m->in, m->group), kq = a->kp / 4;
+    __m512 f0[QG_V4_TOKS], f1[QG_V4_TOKS];
+#pragma GCC unroll 8
+    for (int j = 0; j < QG_V4_TOKS; j++) f0[j] = f1[j] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        int k0 = g * m->group / 4, k1 = k0 + m->group / 4 < kq ? k0 + m->group / 4 : kq;
+        __m512i s0[QG_V4_TOKS], s1[QG_V4_TOKS];
+        __m512i c0 = _mm512_load_si512((const void *)(corr + g * QG_PANEL));
+        __m512i c1 = _mm512_load_si512((const void *)(corr + g * QG_PANEL + 16));
+#pragma GCC unroll 8
+        for (int j = 0; j < QG_V4_TOKS; j++) {
+            s0[j] = c0;
+            s1[j] = c1;
+        }
+        for (int k = k0; k < k1; k++) {
+            __m512i w0 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4));
+            __m512i w1 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4 + 64));
+            const uint8_t *xk = xp + (size_t)k * QG_V4_TOKS * 4;
+#pragma GCC unroll 8
+            for (int j = 0; j < QG_V4_TOKS; j++) {
+                int32_t v;
+                memcpy(&v, xk + 4 * j, 4);
+                __m512i xb = _mm512_set1_epi32(v);
+                s0[j] = _mm512_dpbusd_epi32(s0[j], xb, w0);
+                s1[j] = _mm512_dpbusd_epi32(s1[j], xb, w1);
+            }
+        }
+        __m512 d0 = _mm512_load_ps(d + g * QG_PANEL), d1 = _mm512_load_ps(d + g * QG_PANEL + 16);
+#pragma GCC unroll 8
+        for (int j = 0; j < QG_V4_TOKS; j++) {
+            f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[j]), d0, f0[j]);
+            f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[j]), d1, f1[j]);
+        }
+    }
+    int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
+    __mmask16 m0 = _cvtu32_mask16(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    __mmask16 m1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+#pragma GCC unroll 8
+    for (int j = 0; j < QG_V4_TOKS; j++) {
+        int t = t0 + j;
+        if (t >= a->T) break;
+        __m512 sx = _mm512_set1_ps(a->sx[t]);
+        float *yt = y + (size_t)t * m->out + r0;
+        _mm512_mask_storeu_ps(yt, m0, _mm512_mul_ps(sx, f0[j]));
+        _mm512_mask_storeu_ps(yt + 16, m1, _mm512_mul_ps(sx, f1[j]));
+    }
+}
+
+/* Chunk = (panel, run of tokens): repack the panel, then its tiles. */
+static void qg_vchunk(const CkPhase *ph, int chunk) {
+    const QgJob *job = (const QgJob *)ph->ctx;
+    const CkMat *m = job->m;
+    const QgActs *a = job->a;
+    int p = chunk / job->n_tc, tc = chunk % job->n_tc, r0 = p * QG_PANEL;
+    int t_begin = tc * job->toks_per_chunk, t_end = t_begin + job->toks_per_chunk;
+    if (t_end > a->T) t_end = a->T;
+    int ng = m->dtype == CK_I4 ? ck_i4_groups(m->in, m->group) : 0;
+    size_t wbytes = (size_t)a->kp * QG_PANEL, extra = (size_t)ng * QG_PANEL * 8;
+    uint8_t *wp = aligned_alloc(64, wbytes + extra + 64);
+    if (!wp) abort();
+    int32_t *corr = (int32_t *)(wp + wbytes);
+    float *d = (float *)(wp + wbytes + (size_t)ng * QG_PANEL * 4);
+    if (m->dtype == CK_I8) {
+        qg_v8_pack(m, r0, a->kp, wp);
+        for (int t = t_begin; t < t_end; t += QG_V8_TOKS) qg_v8_tile(m, a, job->wsum, wp, job->y, r0, t);
+    } else {
+        qg_v4_pack(m, r0, a->kp, wp, corr, d);
+        for (int t = t_begin; t < t_end; t += QG_V4_TOKS) qg_v4_tile(m, a, wp, corr, d, job->y, r0, t);
+    }
+    free(wp);
+}
+#endif
 
 static void qg_run_tile(const QgJob *job, int r0, int R, int t0, int TT) {
     const QgActs *a = job->a;
     int i8 = a->dtype == CK_I8;
 #if CK_X86
-    if (a->level == QG_VNNI && i8) qg_i8_tile_vnni(job->m, a, job->wsum, job->y, r0, R, t0, TT);
-    else if (a->level == QG_VNNI) qg_i4_tile_vnni(job->m, a, job->y, r0, R, t0, TT);
-    else if (a->level == QG_AVX2 && i8) qg_i8_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
+    if (a->level == QG_AVX2 && i8) qg_i8_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
     else if (a->level == QG_AVX2) qg_i4_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
     else
 #endif
@@ -580,7 +655,7 @@ static void qg_chunk(const CkPhase *ph, int chunk) {
 
 static void qg_prep_chunk(const CkPhase *ph, int chunk) {
     const QgJob *job = (const QgJob *)ph->ctx;
-    int8_t *tmp = malloc((size_t)job->a->in + 64);
+    int8_t *tmp = malloc((size_t)job->a->kp + 64);
     if (!tmp) abort();
     int t1 = (chunk + 1) * QG_PREP_TOKS;
     if (t1 > job->a->T) t1 = job->a->T;
@@ -600,7 +675,8 @@ static int qg_gemm(const CkMat *m, const float *x, int T, float *y, const int32_
     a.T = T;
     a.in = m->in;
     a.nb = (m->in + 127) / 128;
-    size_t elem = 1;
+    size_t elem = 1, xbytes;
+    int threads = pool ? pool->n_threads : 1;
     if (m->dtype == CK_I8) {
         a.kp = a.level == QG_VNNI ? (m->in + 63) / 64 * 64 : m->in;
         elem = a.level == QG_AVX2 ? 2 : 1;
@@ -609,34 +685,58 @@ static int qg_gemm(const CkMat *m, const float *x, int T, float *y, const int32_
         a.kp = a.nb * 128;
         a.row_bytes = (size_t)a.kp;
     }
+    xbytes = (size_t)T * a.row_bytes;
+    if (a.level == QG_VNNI) {
+        a.tt = m->dtype == CK_I8 ? QG_V8_TOKS : QG_V4_TOKS;
+        xbytes = (size_t)((T + a.tt - 1) / a.tt) * a.tt * a.kp;
+    }
     a.sx = malloc(sizeof(float) * (size_t)T);
-    a.xq = aligned_alloc(64, ((size_t)T * a.row_bytes + 63) / 64 * 64 + 64);
-    if (m->dtype == CK_I4 && a.level != QG_SCALAR)
+    a.xq = aligned_alloc(64, (xbytes + 63) / 64 * 64 + 64);
+    if (m->dtype == CK_I4 && a.level == QG_AVX2)
         a.corr = aligned_alloc(64, (size_t)T * a.nb * 16 * sizeof(int32_t) + 64);
-    int ok = a.sx && a.xq && (m->dtype == CK_I8 || a.level == QG_SCALAR || a.corr);
+    int ok = a.sx && a.xq && (m->dtype == CK_I8 || a.level != QG_AVX2 || a.corr);
     if (ok) {
         int tok_chunk = qg_tok_chunk(m->dtype);
-        QgJob job = {m, &a, x, y, wsum, 0, (T + tok_chunk - 1) / tok_chunk};
-        /* rows per chunk: a multiple of the tile, ~4 chunks a thread at least */
-        int threads = pool ? pool->n_threads : 1;
-        int rpc = m->out * job.n_tc / (8 * threads);
-        rpc = rpc < QG_ROWS ? QG_ROWS : rpc > 64 ? 64 : rpc / QG_ROWS * QG_ROWS;
-        job.rows_per_chunk = rpc;
-        int n_rc = (m->out + rpc - 1) / rpc, n_prep = (T + QG_PREP_TOKS - 1) / QG_PREP_TOKS;
+        QgJob job = {m, &a, x, y, wsum, 0, (T + tok_chunk - 1) / tok_chunk, 0};
+        CkChunkFn fn = qg_chunk;
+        int n_chunks;
+        if (a.level == QG_VNNI) {
+            /* chunks: a panel x up to QG_V_TOKS tokens (a multiple of the tile), ~4 a thread */
+            int n_p = (m->out + QG_PANEL - 1) / QG_PANEL, tiles = (T + a.tt - 1) / a.tt;
+            int n_tc = (T + QG_V_TOKS - 1) / QG_V_TOKS, want = (4 * threads + n_p - 1) / n_p;
+            n_tc = n_tc > want ? n_tc : want;
+            n_tc = n_tc < tiles ? n_tc : tiles;
+            job.toks_per_chunk = (tiles + n_tc - 1) / n_tc * a.tt;
+            job.n_tc = (T + job.toks_per_chunk - 1) / job.toks_per_chunk;
+            n_chunks = n_p * job.n_tc;
+            /* the last tile's tokens past T: x = 0 (the tokens below T are written over) */
+            memset((uint8_t *)a.xq + (size_t)(tiles - 1) * a.tt * a.kp, 0x80,
+                   (size_t)a.tt * a.kp);
+#if CK_X86
+            fn = qg_vchunk;
+#endif
+        } else {
+            /* rows per chunk: a multiple of the tile, ~4 chunks a thread at least */
+            int rpc = m->out * job.n_tc / (8 * threads);
+            rpc = rpc < QG_ROWS ? QG_ROWS : rpc > 64 ? 64 : rpc / QG_ROWS * QG_ROWS;
+            job.rows_per_chunk = rpc;
+            n_chunks = (m->out + rpc - 1) / rpc * job.n_tc;
+        }
+        int n_prep = (T + QG_PREP_TOKS - 1) / QG_PREP_TOKS;
         if (pool) {
             pool->phase.fn = qg_prep_chunk;
             pool->phase.ctx = &job;
             ck_run_phase(pool, n_prep);
-            pool->phase.fn = qg_chunk;
-            ck_run_phase(pool, n_rc * job.n_tc);
+            pool->phase.fn = fn;
+            ck_run_phase(pool, n_chunks);
         } else {
             CkPhase ph;
             memset(&ph, 0, sizeof ph);
             ph.fn = qg_prep_chunk;
             ph.ctx = &job;
             for (int c = 0; c < n_prep; c++) qg_prep_chunk(&ph, c);
-            ph.fn = qg_chunk;
-            for (int c = 0; c < n_rc * job.n_tc; c++) qg_chunk(&ph, c);
+            ph.fn = fn;
+            for (int c = 0; c < n_chunks; c++) fn(&ph, c);
         }
     }
     free(a.sx);
