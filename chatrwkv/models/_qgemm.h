@@ -456,33 +456,29 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
     const __m512i tr = _mm512_broadcast_i32x4(
         _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
     for (int h = 0; h < 2; h++)
-        for (int b = 0; b < nb; b++) {
-            __m512i lo[16], hi[16];
+        for (int b = 0; b < nb; b++)
+            for (int nib = 0; nib < 2; nib++) {  /* low nibbles, then high (+ 16 inputs) */
+                __m512i v[16];
 #pragma GCC unroll 16
-            for (int i = 0; i < 16; i++) {
-                int r = r0 + 16 * h + i;
-                if (r < m->out) {
-                    __m512i q = _mm512_loadu_si512(
-                        (const void *)((const uint8_t *)m->w + (size_t)r * rb + (size_t)b * 64));
-                    /* dword c of 128-bit lane L: weights 32 c + 4 L + 0..3 (lo), + 16 (hi) */
-                    lo[i] = _mm512_sub_epi8(_mm512_shuffle_epi8(_mm512_and_si512(q, low), tr),
-                                            eight);
-                    hi[i] = _mm512_sub_epi8(
-                        _mm512_shuffle_epi8(_mm512_and_si512(_mm512_srli_epi16(q, 4), low), tr),
-                        eight);
-                } else {
-                    lo[i] = hi[i] = _mm512_setzero_si512();
+                for (int i = 0; i < 16; i++) {
+                    int r = r0 + 16 * h + i;
+                    if (r < m->out) {
+                        __m512i q = _mm512_loadu_si512((const void *)((const uint8_t *)m->w +
+                                                                      (size_t)r * rb + b * 64));
+                        q = _mm512_and_si512(nib ? _mm512_srli_epi16(q, 4) : q, low);
+                        /* dword c of 128-bit lane L: weights 32 c + 4 L + 0..3 (+ 16 nib) */
+                        v[i] = _mm512_sub_epi8(_mm512_shuffle_epi8(q, tr), eight);
+                    } else {
+                        v[i] = _mm512_setzero_si512();
+                    }
+                }
+                qg_tr16(v);
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) {  /* dword j = 4 L + c: step 8 c + L (+ 4 nib) */
+                    size_t s = (size_t)b * 32 + 8 * (j & 3) + (j >> 2) + 4 * nib;
+                    _mm512_store_si512((void *)(wp + (s * QG_PANEL + 16 * h) * 4), v[j]);
                 }
             }
-            qg_tr16(lo);
-            qg_tr16(hi);
-#pragma GCC unroll 16
-            for (int j = 0; j < 16; j++) {  /* dword j = 4 L + c: step 8 c + L (+ 4: hi) */
-                size_t s = (size_t)b * 32 + 8 * (j & 3) + (j >> 2);
-                _mm512_store_si512((void *)(wp + (s * QG_PANEL + 16 * h) * 4), lo[j]);
-                _mm512_store_si512((void *)(wp + ((s + 4) * QG_PANEL + 16 * h) * 4), hi[j]);
-            }
-        }
     const __m512i k128 = _mm512_set1_epi8((char)0x80);
     for (int g = 0; g < ng; g++) {
         int s0 = g * m->group / 4, s1 = (g + 1) * m->group < kp ? (g + 1) * m->group / 4 : kp / 4;
@@ -496,7 +492,7 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
         }
         for (int i = 0; i < QG_PANEL; i++) {
             int r = r0 + i;
-            d[g * QG_PANEL + i] = r < m->out ? ck_f16_to_f32(m->gscale[(size_t)r * ng + g]) : 0.0f;
+            d[g * QG_PANEL + i] = r < m->out ? _cvtsh_ss(m->gscale[(size_t)r * ng + g]) : 0.0f;
         }
     }
 }
@@ -552,14 +548,11 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
     for (int g = 0; g < ng; g++) {
         int k0 = g * m->group / 4, k1 = k0 + m->group / 4 < kq ? k0 + m->group / 4 : kq;
         __m512i s0[QG_V4_TOKS], s1[QG_V4_TOKS];
-        __m512i c0 = _mm512_load_si512((const void *)(corr + g * QG_PANEL));
-        __m512i c1 = _mm512_load_si512((const void *)(corr + g * QG_PANEL + 16));
 #pragma GCC unroll 8
-        for (int j = 0; j < QG_V4_TOKS; j++) {
-            s0[j] = c0;
-            s1[j] = c1;
-        }
-        for (int k = k0; k < k1; k++) {
+        for (int j = 0; j < QG_V4_TOKS; j++) s0[j] = s1[j] = _mm512_setzero_si512();
+        for (int k8 = k0; k8 < k1; k8 += 8)  /* 32 inputs (groups: a multiple of 32) */
+#pragma GCC unroll 8
+        for (int k = k8; k < k8 + 8; k++) {
             __m512i w0 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4));
             __m512i w1 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4 + 64));
             const uint8_t *xk = xp + (size_t)k * QG_V4_TOKS * 4;
@@ -572,11 +565,13 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
                 s1[j] = _mm512_dpbusd_epi32(s1[j], xb, w1);
             }
         }
+        __m512i c0 = _mm512_load_si512((const void *)(corr + g * QG_PANEL));
+        __m512i c1 = _mm512_load_si512((const void *)(corr + g * QG_PANEL + 16));
         __m512 d0 = _mm512_load_ps(d + g * QG_PANEL), d1 = _mm512_load_ps(d + g * QG_PANEL + 16);
 #pragma GCC unroll 8
         for (int j = 0; j < QG_V4_TOKS; j++) {
-            f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[j]), d0, f0[j]);
-            f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[j]), d1, f1[j]);
+            f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], c0)), d0, f0[j]);
+            f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s1[j], c1)), d1, f1[j]);
         }
     }
     int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
