@@ -15,11 +15,12 @@ from chatrwkv.models.quant import Int4Linear, Int8Linear, unpack_int4
 pytestmark = pytest.mark.skipif(quant._quantcpu is None, reason="C extension not built")
 
 LEVELS = (0, 1, 2)  # scalar, AVX2, AVX-512 VNNI (those the CPU lacks are skipped)
-# (out, in, T): tails of every loop: rows not a multiple of the 4-row tile, inputs not a
-# multiple of 64 (int8 step) or 128 (int4 block), tokens not a multiple of the tile (4 / 3) nor
-# of the 64-token chunk.
+# (out, in, T): tails of every loop: rows not a multiple of the 4-row tile (AVX2) nor of the
+# 32-row panel (VNNI: 1-16 and 17-31 rows in the last one), inputs not a multiple of 64 (int8
+# step) or 128 (int4 block), tokens not a multiple of the tiles (4 / 3; VNNI 12 / 6) nor of
+# the chunks (64 tokens; VNNI 264, and smaller runs when there are few panels).
 SHAPES = [(1, 1, 2), (5, 63, 2), (7, 65, 5), (13, 200, 9), (64, 64, 70), (33, 130, 130),
-          (8, 384, 3)]
+          (8, 384, 3), (50, 200, 300), (96, 256, 13)]
 # int4 sums fp32 products in another order at each level (per block and lane vs per group).
 INT4_REL = 1e-5
 
