@@ -495,6 +495,16 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
             d[g * QG_PANEL + i] = r < m->out ? _cvtsh_ss(m->gscale[(size_t)r * ng + g]) : 0.0f;
         }
     }
+    /* the starts' share of every token's sum: sum over groups of scale x start, per row */
+    float *c = d + (size_t)ng * QG_PANEL;
+    for (int h = 0; h < 2; h++) {
+        __m512 v = _mm512_setzero_ps();
+        for (int g = 0; g < ng; g++)
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(
+                                    (const void *)(corr + g * QG_PANEL + 16 * h))),
+                                _mm512_load_ps(d + g * QG_PANEL + 16 * h), v);
+        _mm512_store_ps(c + 16 * h, v);
+    }
 }
 
 /* Tokens [t0, t0 + QG_V8_TOKS) (those below T stored) x the int8 panel at r0. */
@@ -565,26 +575,25 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
                 s1[j] = _mm512_dpbusd_epi32(s1[j], xb, w1);
             }
         }
-        __m512i c0 = _mm512_load_si512((const void *)(corr + g * QG_PANEL));
-        __m512i c1 = _mm512_load_si512((const void *)(corr + g * QG_PANEL + 16));
         __m512 d0 = _mm512_load_ps(d + g * QG_PANEL), d1 = _mm512_load_ps(d + g * QG_PANEL + 16);
 #pragma GCC unroll 8
         for (int j = 0; j < QG_V4_TOKS; j++) {
-            f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], c0)), d0, f0[j]);
-            f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s1[j], c1)), d1, f1[j]);
+            f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[j]), d0, f0[j]);
+            f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[j]), d1, f1[j]);
         }
     }
     int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
     __mmask16 m0 = _cvtu32_mask16(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
     __mmask16 m1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    __m512 cs0 = _mm512_load_ps(d + ng * QG_PANEL), cs1 = _mm512_load_ps(d + ng * QG_PANEL + 16);
 #pragma GCC unroll 8
     for (int j = 0; j < QG_V4_TOKS; j++) {
         int t = t0 + j;
         if (t >= a->T) break;
         __m512 sx = _mm512_set1_ps(a->sx[t]);
         float *yt = y + (size_t)t * m->out + r0;
-        _mm512_mask_storeu_ps(yt, m0, _mm512_mul_ps(sx, f0[j]));
-        _mm512_mask_storeu_ps(yt + 16, m1, _mm512_mul_ps(sx, f1[j]));
+        _mm512_mask_storeu_ps(yt, m0, _mm512_mul_ps(sx, _mm512_add_ps(f0[j], cs0)));
+        _mm512_mask_storeu_ps(yt + 16, m1, _mm512_mul_ps(sx, _mm512_add_ps(f1[j], cs1)));
     }
 }
 
@@ -597,7 +606,7 @@ static void qg_vchunk(const CkPhase *ph, int chunk) {
     int t_begin = tc * job->toks_per_chunk, t_end = t_begin + job->toks_per_chunk;
     if (t_end > a->T) t_end = a->T;
     int ng = m->dtype == CK_I4 ? ck_i4_groups(m->in, m->group) : 0;
-    size_t wbytes = (size_t)a->kp * QG_PANEL, extra = (size_t)ng * QG_PANEL * 8;
+    size_t wbytes = (size_t)a->kp * QG_PANEL, extra = (size_t)(ng + 1) * QG_PANEL * 8;
     uint8_t *wp = aligned_alloc(64, wbytes + extra + 64);
     if (!wp) abort();
     int32_t *corr = (int32_t *)(wp + wbytes);
