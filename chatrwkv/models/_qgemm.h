@@ -507,19 +507,21 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
     }
 }
 
-/* Tokens [t0, t0 + QG_V8_TOKS) (those below T stored) x the int8 panel at r0. */
-CK_VNNI static void qg_v8_tile(const CkMat *m, const QgActs *a, const int32_t *wsum,
-                               const uint8_t *wp, float *y, int r0, int t0) {
+/* Tokens [t0, t0 + TT) (those below T stored) x the int8 panel at r0; TT <= QG_V8_TOKS (a
+ * compile-time constant: the last tile of a product may take fewer tokens). */
+__attribute__((always_inline)) CK_VNNI static inline void qg_v8_body(
+    const CkMat *m, const QgActs *a, const int32_t *wsum, const uint8_t *wp, float *y, int r0,
+    int t0, const int TT) {
     const uint8_t *xp = (const uint8_t *)a->xq + (size_t)(t0 / QG_V8_TOKS) * a->kp * QG_V8_TOKS;
     __m512i s0[QG_V8_TOKS], s1[QG_V8_TOKS];
 #pragma GCC unroll 16
-    for (int j = 0; j < QG_V8_TOKS; j++) s0[j] = s1[j] = _mm512_setzero_si512();
+    for (int j = 0; j < TT; j++) s0[j] = s1[j] = _mm512_setzero_si512();
     for (int k = 0; k < a->kp / 4; k++) {
         __m512i w0 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4));
         __m512i w1 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4 + 64));
         const uint8_t *xk = xp + (size_t)k * QG_V8_TOKS * 4;
 #pragma GCC unroll 16
-        for (int j = 0; j < QG_V8_TOKS; j++) {
+        for (int j = 0; j < TT; j++) {
             int32_t v;
             memcpy(&v, xk + 4 * j, 4);
             __m512i xb = _mm512_set1_epi32(v);
@@ -535,7 +537,7 @@ CK_VNNI static void qg_v8_tile(const CkMat *m, const QgActs *a, const int32_t *w
     __m512 d0 = _mm512_maskz_loadu_ps(k0, m->scale + r0);
     __m512 d1 = _mm512_maskz_loadu_ps(k1, m->scale + r0 + 16);
 #pragma GCC unroll 16
-    for (int j = 0; j < QG_V8_TOKS; j++) {
+    for (int j = 0; j < TT; j++) {
         int t = t0 + j;
         if (t >= a->T) break;
         __m512 sx = _mm512_set1_ps(a->sx[t]);
@@ -547,19 +549,35 @@ CK_VNNI static void qg_v8_tile(const CkMat *m, const QgActs *a, const int32_t *w
     }
 }
 
-/* Tokens [t0, t0 + QG_V4_TOKS) x the int4 panel at r0 (corr, d: qg_v4_pack's). */
-CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *wp,
-                               const int32_t *corr, const float *d, float *y, int r0, int t0) {
+CK_VNNI static void qg_v8_tile12(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                                 const uint8_t *wp, float *y, int r0, int t0) {
+    qg_v8_body(m, a, wsum, wp, y, r0, t0, 12);
+}
+
+CK_VNNI static void qg_v8_tile8(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                                const uint8_t *wp, float *y, int r0, int t0) {
+    qg_v8_body(m, a, wsum, wp, y, r0, t0, 8);
+}
+
+CK_VNNI static void qg_v8_tile4(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                                const uint8_t *wp, float *y, int r0, int t0) {
+    qg_v8_body(m, a, wsum, wp, y, r0, t0, 4);
+}
+
+/* Tokens [t0, t0 + TT) x the int4 panel at r0 (corr, d: qg_v4_pack's); TT <= QG_V4_TOKS. */
+__attribute__((always_inline)) CK_VNNI static inline void qg_v4_body(
+    const CkMat *m, const QgActs *a, const uint8_t *wp, const int32_t *corr, const float *d,
+    float *y, int r0, int t0, const int TT) {
     const uint8_t *xp = (const uint8_t *)a->xq + (size_t)(t0 / QG_V4_TOKS) * a->kp * QG_V4_TOKS;
     int ng = ck_i4_groups(m->in, m->group), kq = a->kp / 4;
     __m512 f0[QG_V4_TOKS], f1[QG_V4_TOKS];
 #pragma GCC unroll 8
-    for (int j = 0; j < QG_V4_TOKS; j++) f0[j] = f1[j] = _mm512_setzero_ps();
+    for (int j = 0; j < TT; j++) f0[j] = f1[j] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g++) {
         int k0 = g * m->group / 4, k1 = k0 + m->group / 4 < kq ? k0 + m->group / 4 : kq;
         __m512i s0[QG_V4_TOKS], s1[QG_V4_TOKS];
 #pragma GCC unroll 8
-        for (int j = 0; j < QG_V4_TOKS; j++) s0[j] = s1[j] = _mm512_setzero_si512();
+        for (int j = 0; j < TT; j++) s0[j] = s1[j] = _mm512_setzero_si512();
         for (int k8 = k0; k8 < k1; k8 += 8)  /* 32 inputs (groups: a multiple of 32) */
 #pragma GCC unroll 8
         for (int k = k8; k < k8 + 8; k++) {
@@ -567,7 +585,7 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
             __m512i w1 = _mm512_load_si512((const void *)(wp + (size_t)k * QG_PANEL * 4 + 64));
             const uint8_t *xk = xp + (size_t)k * QG_V4_TOKS * 4;
 #pragma GCC unroll 8
-            for (int j = 0; j < QG_V4_TOKS; j++) {
+            for (int j = 0; j < TT; j++) {
                 int32_t v;
                 memcpy(&v, xk + 4 * j, 4);
                 __m512i xb = _mm512_set1_epi32(v);
@@ -577,7 +595,7 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
         }
         __m512 d0 = _mm512_load_ps(d + g * QG_PANEL), d1 = _mm512_load_ps(d + g * QG_PANEL + 16);
 #pragma GCC unroll 8
-        for (int j = 0; j < QG_V4_TOKS; j++) {
+        for (int j = 0; j < TT; j++) {
             f0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[j]), d0, f0[j]);
             f1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[j]), d1, f1[j]);
         }
@@ -587,7 +605,7 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
     __mmask16 m1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
     __m512 cs0 = _mm512_load_ps(d + ng * QG_PANEL), cs1 = _mm512_load_ps(d + ng * QG_PANEL + 16);
 #pragma GCC unroll 8
-    for (int j = 0; j < QG_V4_TOKS; j++) {
+    for (int j = 0; j < TT; j++) {
         int t = t0 + j;
         if (t >= a->T) break;
         __m512 sx = _mm512_set1_ps(a->sx[t]);
@@ -595,6 +613,21 @@ CK_VNNI static void qg_v4_tile(const CkMat *m, const QgActs *a, const uint8_t *w
         _mm512_mask_storeu_ps(yt, m0, _mm512_mul_ps(sx, _mm512_add_ps(f0[j], cs0)));
         _mm512_mask_storeu_ps(yt + 16, m1, _mm512_mul_ps(sx, _mm512_add_ps(f1[j], cs1)));
     }
+}
+
+CK_VNNI static void qg_v4_tile6(const CkMat *m, const QgActs *a, const uint8_t *wp,
+                                const int32_t *corr, const float *d, float *y, int r0, int t0) {
+    qg_v4_body(m, a, wp, corr, d, y, r0, t0, 6);
+}
+
+CK_VNNI static void qg_v4_tile4(const CkMat *m, const QgActs *a, const uint8_t *wp,
+                                const int32_t *corr, const float *d, float *y, int r0, int t0) {
+    qg_v4_body(m, a, wp, corr, d, y, r0, t0, 4);
+}
+
+CK_VNNI static void qg_v4_tile2(const CkMat *m, const QgActs *a, const uint8_t *wp,
+                                const int32_t *corr, const float *d, float *y, int r0, int t0) {
+    qg_v4_body(m, a, wp, corr, d, y, r0, t0, 2);
 }
 
 /* Chunk = (panel, run of tokens): repack the panel, then its tiles. */
@@ -613,10 +646,18 @@ static void qg_vchunk(const CkPhase *ph, int chunk) {
     float *d = (float *)(wp + wbytes + (size_t)ng * QG_PANEL * 4);
     if (m->dtype == CK_I8) {
         qg_v8_pack(m, r0, a->kp, wp);
-        for (int t = t_begin; t < t_end; t += QG_V8_TOKS) qg_v8_tile(m, a, job->wsum, wp, job->y, r0, t);
+        for (int t = t_begin; t < t_end; t += QG_V8_TOKS) {  /* a short last tile: 4 or 8 */
+            if (t_end - t > 8) qg_v8_tile12(m, a, job->wsum, wp, job->y, r0, t);
+            else if (t_end - t > 4) qg_v8_tile8(m, a, job->wsum, wp, job->y, r0, t);
+            else qg_v8_tile4(m, a, job->wsum, wp, job->y, r0, t);
+        }
     } else {
         qg_v4_pack(m, r0, a->kp, wp, corr, d);
-        for (int t = t_begin; t < t_end; t += QG_V4_TOKS) qg_v4_tile(m, a, wp, corr, d, job->y, r0, t);
+        for (int t = t_begin; t < t_end; t += QG_V4_TOKS) {  /* a short last tile: 2 or 4 */
+            if (t_end - t > 4) qg_v4_tile6(m, a, wp, corr, d, job->y, r0, t);
+            else if (t_end - t > 2) qg_v4_tile4(m, a, wp, corr, d, job->y, r0, t);
+            else qg_v4_tile2(m, a, wp, corr, d, job->y, r0, t);
+        }
     }
     free(wp);
 }
