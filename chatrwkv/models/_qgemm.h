@@ -148,6 +148,12 @@ static void qg_prep_token(QgActs *a, const float *x, int t, int8_t *tmp) {
     else
 #endif
         qg_round_scalar(xr, n, inv, q);
+    if (a->level == QG_VNNI && !a->tt) {
+        uint8_t *u = (uint8_t *)a->xq + (size_t)t * a->kp;
+        for (int i = 0; i < n; i++) u[i] = (uint8_t)(q[i] + 128);
+        memset(u + n, 128, a->kp - n);
+        return;
+    }
     if (a->level == QG_VNNI) {  /* x_q + 128 = x_q ^ 0x80, a step (4 bytes) at a time */
         memset(q + n, 0, a->kp - n);
         uint8_t *u = (uint8_t *)a->xq + (size_t)(t / a->tt) * a->kp * a->tt + 4 * (t % a->tt);
@@ -392,6 +398,7 @@ typedef struct {
 #define QG_V8_TOKS 12  /* tokens of an int8 tile: 24 sums + 2 weights + 1 broadcast */
 #define QG_V4_TOKS 6   /* int4: 12 int32 + 12 fp32 sums + 2 weights + 1 broadcast */
 #define QG_V_TOKS 264  /* tokens of a chunk at most (a multiple of both tiles) */
+#define QG_V8_FEW 6    /* int8 products of at most this many tokens: no panels */
 
 #if CK_X86
 /* 16 rows of 16 dwords -> 16 columns: r[d] lane i = row i's dword d. */
@@ -630,6 +637,53 @@ CK_VNNI static void qg_v4_tile2(const CkMat *m, const QgActs *a, const uint8_t *
     qg_v4_body(m, a, wp, corr, d, y, r0, t0, 2);
 }
 
+CK_AVX512 static inline int32_t qg_hsum512(__m512i v) { return _mm512_reduce_add_epi32(v); }
+/* Few tokens (T <= QG_V8_FEW): the panels' transposition would cost more than it saves; R x TT
+ * tiles (R <= 4, TT <= 4: compile-time constants where inlined) read the rows as they are, on
+ * activations x_q + 128 in plain order ([T, kp], a->tt = 0), each sum reduced at the end. */
+__attribute__((always_inline)) CK_VNNI static inline void qg_i8_vnni_body(
+    const CkMat *m, const QgActs *a, const int32_t *wsum, float *y, int r0, const int R, int t0,
+    const int TT) {
+    int n = m->in, full = n / 64 * 64;
+    const int8_t *w[QG_ROWS];
+    const uint8_t *x[QG_I8_TOKS];
+    __m512i acc[QG_ROWS][QG_I8_TOKS];
+    for (int i = 0; i < R; i++) w[i] = (const int8_t *)m->w + (size_t)(r0 + i) * n;
+    for (int j = 0; j < TT; j++) x[j] = (const uint8_t *)a->xq + (size_t)(t0 + j) * a->kp;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_si512();
+    for (int k = 0; k < full; k += 64) {
+        __m512i wv[QG_ROWS];
+        for (int i = 0; i < R; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + k));
+        for (int j = 0; j < TT; j++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + k));
+            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
+        }
+    }
+    if (full < n) {  /* the last partial step: masked weights (nothing read past the row) */
+        __mmask64 mk = _cvtu64_mask64(~0ULL >> (64 - (n - full)));
+        __m512i wv[QG_ROWS];
+        for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_epi8(mk, w[i] + full);
+        for (int j = 0; j < TT; j++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(x[j] + full));
+            for (int i = 0; i < R; i++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[i]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++)
+            qg_i8_store(m, a, wsum, y, r0 + i, t0 + j, qg_hsum512(acc[i][j]));
+}
+
+CK_VNNI static void qg_i8_tile_vnni(const CkMat *m, const QgActs *a, const int32_t *wsum,
+                                    float *y, int r0, int R, int t0, int TT) {
+    if (R == QG_ROWS && TT == QG_I8_TOKS) {
+        qg_i8_vnni_body(m, a, wsum, y, r0, QG_ROWS, t0, QG_I8_TOKS);
+        return;
+    }
+    for (int i = 0; i < R; i++)  /* edges: one row at a time */
+        for (int j = 0; j < TT; j++) qg_i8_vnni_body(m, a, wsum, y, r0 + i, 1, t0 + j, 1);
+}
+
 /* Chunk = (panel, run of tokens): repack the panel, then its tiles. */
 static void qg_vchunk(const CkPhase *ph, int chunk) {
     const QgJob *job = (const QgJob *)ph->ctx;
@@ -667,7 +721,8 @@ static void qg_run_tile(const QgJob *job, int r0, int R, int t0, int TT) {
     const QgActs *a = job->a;
     int i8 = a->dtype == CK_I8;
 #if CK_X86
-    if (a->level == QG_AVX2 && i8) qg_i8_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
+    if (a->level == QG_VNNI && i8) qg_i8_tile_vnni(job->m, a, job->wsum, job->y, r0, R, t0, TT);
+    else if (a->level == QG_AVX2 && i8) qg_i8_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
     else if (a->level == QG_AVX2) qg_i4_tile_avx2(job->m, a, job->y, r0, R, t0, TT);
     else
 #endif
@@ -731,7 +786,7 @@ static int qg_gemm(const CkMat *m, const float *x, int T, float *y, const int32_
         a.row_bytes = (size_t)a.kp;
     }
     xbytes = (size_t)T * a.row_bytes;
-    if (a.level == QG_VNNI) {
+    if (a.level == QG_VNNI && (m->dtype == CK_I4 || T > QG_V8_FEW)) {
         a.tt = m->dtype == CK_I8 ? QG_V8_TOKS : QG_V4_TOKS;
         xbytes = (size_t)((T + a.tt - 1) / a.tt) * a.tt * a.kp;
     }
@@ -745,7 +800,7 @@ static int qg_gemm(const CkMat *m, const float *x, int T, float *y, const int32_
         QgJob job = {m, &a, x, y, wsum, 0, (T + tok_chunk - 1) / tok_chunk, 0};
         CkChunkFn fn = qg_chunk;
         int n_chunks;
-        if (a.level == QG_VNNI) {
+        if (a.tt) {
             /* chunks: a panel x up to QG_V_TOKS tokens (a multiple of the tile), ~4 a thread */
             int n_p = (m->out + QG_PANEL - 1) / QG_PANEL, tiles = (T + a.tt - 1) / a.tt;
             int n_tc = (T + QG_V_TOKS - 1) / QG_V_TOKS, want = (4 * threads + n_p - 1) / n_p;
