@@ -8,24 +8,28 @@
  * round to nearest even), once per product; then y[t, r] = s_x[t] * (integer dot of row r) *
  * the weight scales. Levels, chosen at run time (qg_level, below _cpukern.h's ck_isa):
  *
- *  - VNNI (AVX-512 VNNI): vpdpbusd multiplies unsigned by signed bytes, 64 a step. int8: the
- *    activations go unsigned (+128) and 128 * rowsum(w) comes off (`wsum`, the caller's).
- *    int4: the 4-bit codes u (0..15) are the unsigned side and the activations the signed one;
- *    (u - 8) x = u x - 8 x, so each block starts from -8 * (sum of its activations), per lane.
- *    A 64-byte block splits into low and high nibbles (a byte of word i holds weights 32 b + i
- *    and 32 b + 16 + i); one in-lane byte shuffle (a 4x4 transpose in each 128-bit lane) puts in
- *    dword b of every lane 4 weights of group b of the block, so the 32-bit sums never mix two
- *    groups (with groups of a multiple of 32) and each block's sums are converted and scaled by
- *    [d0 d1 d2 d3] broadcast over the lanes. The activations are stored in the same permuted
- *    order, once per product.
- *  - AVX2: int8 widens both sides to 16 bits (vpmaddwd: no saturation); int4 uses vpmaddubsw
- *    (15 * 127 * 2 fits 16 bits) then vpmaddwd with ones, on the same permuted layout.
+ *  - VNNI (AVX-512 VNNI): vpdpbusd multiplies unsigned by signed bytes, 4 per 32-bit lane.
+ *    The activations go unsigned (x_q + 128), the weights stay signed (int4: code - 8), and
+ *    128 * (sum of the weights) comes off: the caller's row sums (`wsum`) for int8, per group
+ *    for int4. A chunk transposes its 32 rows into a panel (below, "VNNI: panels"), so each
+ *    32-bit lane is one output row and a tile of 12 (int8) / 6 (int4) tokens broadcasts 4
+ *    bytes of a token into both vectors of a step: no horizontal sums, no unpacking per token.
+ *    int8 products of a few tokens (QG_V8_FEW) keep 4 x 4 tiles on the rows as they are.
+ *  - AVX2: int8 widens both sides to 16 bits (vpmaddwd: no saturation). int4: the 4-bit codes u
+ *    (0..15) are the unsigned side, (u - 8) x = u x - 8 x (each block starts from -8 * (sum of
+ *    its activations)); a 64-byte block splits into low and high nibbles (a byte of word i
+ *    holds weights 32 b + i and 32 b + 16 + i) and one in-lane byte shuffle (a 4x4 transpose in
+ *    each 128-bit lane) puts in dword b of every lane 4 weights of group b of the block, so the
+ *    32-bit sums never mix two groups (with groups of a multiple of 32); each block's sums are
+ *    converted and scaled by [d0 d1 d2 d3]. vpmaddubsw (15 * 127 * 2 fits 16 bits) then
+ *    vpmaddwd with ones; the activations are stored in the same permuted order.
  *  - scalar: the twin, in plain order. Every level computes the same integers; int8 results
  *    are bit-identical across levels, int4 ones differ only in the order of fp32 sums.
  *
- * Blocking: a chunk is (rows_per_chunk rows) x (QG_TOK_CHUNK tokens), the pool's unit of work;
- * inside, tiles of up to 4 rows x 4 (int8) or 3 (int4) tokens run over the whole input, so a
- * tile's weights stay in L1 while the chunk's activations (64 tokens x in) stay in L2.
+ * Blocking (AVX2, scalar, few-token VNNI): a chunk is (rows_per_chunk rows) x (QG_TOK_CHUNK
+ * tokens), the pool's unit of work; inside, tiles of up to 4 rows x 4 (int8) or 3 (int4)
+ * tokens run over the whole input, so a tile's weights stay in L1 while the chunk's
+ * activations (64 tokens x in) stay in L2. VNNI: a chunk is a panel x up to QG_V_TOKS tokens.
  */
 #ifndef CHATRWKV_QGEMM_H
 #define CHATRWKV_QGEMM_H
@@ -391,9 +395,11 @@ typedef struct {
  * lives for the chunk only (32 x kp bytes, 24 KiB at in = 768); its cost, a 16 x 16 transpose
  * of dwords per 16 rows and 64 inputs, is shared by the chunk's tokens (up to QG_V_TOKS).
  *   int8: 2 x 12 int32 sums; y = s_x * scale * (sum - 128 rowsum), as the other levels.
- *   int4: per group, 2 x 6 int32 sums start from -128 * (the group's code sum) (the
- *         activations' +128), then convert and multiply-add by the group's scales into 2 x 6
- *         fp32 sums. */
+ *   int4: per group, 2 x 6 int32 sums, converted and multiplied-added by the group's scales
+ *         into 2 x 6 fp32 sums; the activations' +128 adds 128 * (the group's code sum) to
+ *         every token's sum: the panel's sum over groups of -128 * code sum * scale, per row,
+ *         comes off at the end. (A tile of 12 int32 + 12 fp32 sums: gcc spilled at more.)
+ * A short last tile computes fewer tokens (4 / 8 of 12, 2 / 4 of 6). */
 #define QG_PANEL 32
 #define QG_V8_TOKS 12  /* tokens of an int8 tile: 24 sums + 2 weights + 1 broadcast */
 #define QG_V4_TOKS 6   /* int4: 12 int32 + 12 fp32 sums + 2 weights + 1 broadcast */
@@ -410,7 +416,7 @@ __attribute__((always_inline)) CK_VNNI static inline void qg_tr16(__m512i *r) {
         t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
     }
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {  /* r[4 i + c], 128-bit lane L: rows 4 i.. 4 i + 3, dword 4 L + c */
+    for (int i = 0; i < 4; i++) {  /* r[4 i + c], 128-bit lane L: rows 4 i.., dword 4 L + c */
         r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
         r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
         r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
@@ -454,7 +460,8 @@ CK_VNNI static void qg_v8_pack(const CkMat *m, int r0, int kp, uint8_t *wp) {
 }
 
 /* The int4 panel: codes - 8 into wp [kp / 4, 32] dwords (steps in plain input order), per
- * group g the sums' start -128 * sum(codes - 8) into corr [ng, 32] and the scales into d. */
+ * group g -128 * sum(codes - 8) into corr [ng, 32], the scales into d [ng, 32], and after
+ * them (d + ng * 32) the per-row sum over groups of corr * d. */
 CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int32_t *corr,
                                float *d) {
     int n = m->in, nb = kp / 128, ng = ck_i4_groups(n, m->group);
@@ -491,9 +498,10 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
         int s0 = g * m->group / 4, s1 = (g + 1) * m->group < kp ? (g + 1) * m->group / 4 : kp / 4;
         for (int h = 0; h < 2; h++) {
             __m512i c = _mm512_setzero_si512();
-            for (int s = s0; s < s1; s++)
-                c = _mm512_dpbusd_epi32(
-                    c, k128, _mm512_load_si512((const void *)(wp + ((size_t)s * QG_PANEL + 16 * h) * 4)));
+            for (int s = s0; s < s1; s++) {
+                const void *v = wp + ((size_t)s * QG_PANEL + 16 * h) * 4;
+                c = _mm512_dpbusd_epi32(c, k128, _mm512_load_si512(v));
+            }
             _mm512_store_si512((void *)(corr + g * QG_PANEL + 16 * h),
                                _mm512_sub_epi32(_mm512_setzero_si512(), c));
         }
@@ -549,10 +557,10 @@ __attribute__((always_inline)) CK_VNNI static inline void qg_v8_body(
         if (t >= a->T) break;
         __m512 sx = _mm512_set1_ps(a->sx[t]);
         float *yt = y + (size_t)t * m->out + r0;
-        _mm512_mask_storeu_ps(yt, k0, _mm512_mul_ps(_mm512_mul_ps(sx, d0),
-                                                   _mm512_cvtepi32_ps(_mm512_sub_epi32(s0[j], c0))));
-        _mm512_mask_storeu_ps(yt + 16, k1, _mm512_mul_ps(_mm512_mul_ps(sx, d1),
-                                                        _mm512_cvtepi32_ps(_mm512_sub_epi32(s1[j], c1))));
+        __m512 v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(s0[j], c0));
+        __m512 v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(s1[j], c1));
+        _mm512_mask_storeu_ps(yt, k0, _mm512_mul_ps(_mm512_mul_ps(sx, d0), v0));
+        _mm512_mask_storeu_ps(yt + 16, k1, _mm512_mul_ps(_mm512_mul_ps(sx, d1), v1));
     }
 }
 
