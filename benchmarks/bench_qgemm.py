@@ -8,6 +8,10 @@ fp32 and bf16 through torch's F.linear, int8 and int4 through quant.py's Int8Lin
 Int4Linear (the C integer GEMM where it is built), and for comparison the paths they replaced:
 fbgemm's dynamic int8 linear on its packed copy, and int4 blocks dequantized to bf16 for
 F.linear. Random weights and activations (the speed does not depend on the values).
+
+On a machine others share, `--threads 1 --clock cpu` times each call by the process's CPU time
+instead of the wall clock: what one idle core would do, unaffected by time slices lost to other
+processes (with more threads, CPU time counts every thread: work per core-second, not speed).
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ SHAPES = {  # name: (out, in)
 }
 
 
-def timed(call: tuple, runs: int) -> float:
+def timed(call: tuple, runs: int, clock=time.perf_counter) -> float:
     fn, *args = call
     fn(*args)  # warm-up (first-call allocations, lazy row sums)
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(*args)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -75,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall clock, or the process's CPU time (see above)")
     args = ap.parse_args(argv)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     level = quant._quantcpu.gemm_level() if quant._quantcpu else -1
     print(f"threads {args.threads}, T {args.tokens}, C GEMM level {level} "
-          f"(2 VNNI, 1 AVX2, 0 scalar, -1 not built); GFLOP/s, median of {args.runs}")
+          f"(2 VNNI, 1 AVX2, 0 scalar, -1 not built); GFLOP/s, median of {args.runs}, "
+          f"{args.clock} clock")
     cols = ("fp32", "bf16", "int8", "int4", "fbgemm8", "deq4bf16")
     print(f"{'shape':22}" + "".join(f"{c:>10}" for c in cols))
     for name in args.shapes.split(","):
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for c in cols:
             call = runs[c]
-            cells.append(f"{flop / timed(call, args.runs) / 1e9:10.1f}" if call else f"{'-':>10}")
+            cells.append(f"{flop / timed(call, args.runs, clock) / 1e9:10.1f}" if call else f"{'-':>10}")
         print(f"{name:22}" + "".join(cells), flush=True)
     return 0
 
