@@ -18,9 +18,10 @@ LEVELS = (0, 1, 2)  # scalar, AVX2, AVX-512 VNNI (those the CPU lacks are skippe
 # (out, in, T): tails of every loop: rows not a multiple of the 4-row tile (AVX2) nor of the
 # 32-row panel (VNNI: 1-16 and 17-31 rows in the last one), inputs not a multiple of 64 (int8
 # step) or 128 (int4 block), tokens not a multiple of the tiles (4 / 3; VNNI 12 / 6) nor of
-# the chunks (64 tokens; VNNI 264, and smaller runs when there are few panels).
+# the chunks (64 tokens; VNNI 264, and smaller runs when there are few panels); more than 16
+# groups (the VNNI panel converts their scales 16 at a time).
 SHAPES = [(1, 1, 2), (5, 63, 2), (7, 65, 5), (13, 200, 9), (64, 64, 70), (33, 130, 130),
-          (8, 384, 3), (50, 200, 300), (96, 256, 13)]
+          (8, 384, 3), (50, 200, 300), (96, 256, 13), (40, 1000, 20)]
 # int4 sums fp32 products in another order at each level (per block and lane vs per group).
 INT4_REL = 1e-5
 

@@ -469,8 +469,13 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
     const __m512i low = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
     const __m512i tr = _mm512_broadcast_i32x4(
         _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    memset(corr, 0, sizeof(int32_t) * ng * QG_PANEL);
     for (int h = 0; h < 2; h++)
-        for (int b = 0; b < nb; b++)
+        for (int b = 0; b < nb; b++) {
+            __m512i sum[4];  /* 128 * (the codes' sum) of the block's 4 quarters, per row */
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) sum[c] = _mm512_setzero_si512();
             for (int nib = 0; nib < 2; nib++) {  /* low nibbles, then high (+ 16 inputs) */
                 __m512i v[16];
 #pragma GCC unroll 16
@@ -491,25 +496,31 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
                 for (int j = 0; j < 16; j++) {  /* dword j = 4 L + c: step 8 c + L (+ 4 nib) */
                     size_t s = (size_t)b * 32 + 8 * (j & 3) + (j >> 2) + 4 * nib;
                     _mm512_store_si512((void *)(wp + (s * QG_PANEL + 16 * h) * 4), v[j]);
+                    sum[j & 3] = _mm512_dpbusd_epi32(sum[j & 3], k128, v[j]);
                 }
             }
-    const __m512i k128 = _mm512_set1_epi8((char)0x80);
-    for (int g = 0; g < ng; g++) {
-        int s0 = g * m->group / 4, s1 = (g + 1) * m->group < kp ? (g + 1) * m->group / 4 : kp / 4;
-        for (int h = 0; h < 2; h++) {
-            __m512i c = _mm512_setzero_si512();
-            for (int s = s0; s < s1; s++) {
-                const void *v = wp + ((size_t)s * QG_PANEL + 16 * h) * 4;
-                c = _mm512_dpbusd_epi32(c, k128, _mm512_load_si512(v));
+            for (int c = 0; c < 4; c++) {  /* quarters past the last group: never read */
+                int g = (b * 128 + 32 * c) / m->group;
+                int32_t *o = corr + g * QG_PANEL + 16 * h;
+                if (g < ng) _mm512_store_si512((void *)o, _mm512_sub_epi32(
+                                 _mm512_load_si512((const void *)o), sum[c]));
             }
-            _mm512_store_si512((void *)(corr + g * QG_PANEL + 16 * h),
-                               _mm512_sub_epi32(_mm512_setzero_si512(), c));
         }
-        for (int i = 0; i < QG_PANEL; i++) {
-            int r = r0 + i;
-            d[g * QG_PANEL + i] = r < m->out ? _cvtsh_ss(m->gscale[(size_t)r * ng + g]) : 0.0f;
+    for (int h = 0; h < 2; h++)  /* scales: 16 rows x 16 groups converted, then transposed */
+        for (int g0 = 0; g0 < ng; g0 += 16) {
+            __mmask16 mk = _cvtu32_mask16(ng - g0 >= 16 ? 0xFFFF : (1u << (ng - g0)) - 1);
+            __m512i v[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                int r = r0 + 16 * h + i;
+                v[i] = r < m->out ? _mm512_castps_si512(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                                        mk, m->gscale + (size_t)r * ng + g0)))
+                                  : _mm512_setzero_si512();
+            }
+            qg_tr16(v);
+            for (int j = 0; j < 16 && g0 + j < ng; j++)
+                _mm512_store_si512((void *)(d + (size_t)(g0 + j) * QG_PANEL + 16 * h), v[j]);
         }
-    }
     /* the starts' share of every token's sum: sum over groups of scale x start, per row */
     float *c = d + (size_t)ng * QG_PANEL;
     for (int h = 0; h < 2; h++) {
