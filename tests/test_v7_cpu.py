@@ -118,3 +118,57 @@ def test_arena_hands_out_aligned_disjoint_tensors():
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
     with pytest.raises(ValueError, match="full"):
         arena.take((1,), torch.float32)
+
+
+# --- the WKV recurrence over a sequence (_v7wkv.h): the prefill's time mix ----------------------
+
+def _seq_inputs(B, T, H, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = H * N
+    r, k, v = (torch.randn(B, T, C, generator=g) for _ in range(3))
+    kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1).view(B, T, C)
+    iclr = torch.rand(B, T, C, generator=g)
+    logw = -0.6065 * torch.rand(B, T, C, generator=g)  # the model's decay range
+    S = 0.3 * torch.randn(B, H, N, N, generator=g)
+    return S, r, logw, k, v, kk, iclr
+
+
+# N = 64 (the official head), 16 and 48 (AVX-512's generic width), 24 (AVX2 only), 6 (scalar).
+@pytest.mark.parametrize("N", [64, 16, 48, 24, 6])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sequence_wkv_equals_the_plain_recurrence(simd, N, threads, monkeypatch):
+    from chatrwkv.models.v7 import _wkv_seq, wkv_loop
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    B, T, H = 2, 37, 3
+    S, r, logw, k, v, kk, iclr = _seq_inputs(B, T, H, N)
+    S_before = S.clone()
+
+    def heads(t):  # [B, T, C] -> float64 [B, H, T, N]
+        return t.double().view(B, T, H, N).transpose(1, 2)
+
+    y_ref, s_ref = wkv_loop(S.double(), heads(r), heads(logw), heads(k), heads(v), heads(-kk),
+                            heads(kk * iclr))
+    with torch.inference_mode():
+        y, s = _wkv_seq(S, r, logw, k, v, kk, iclr, H, N)
+    assert torch.equal(S, S_before)  # the caller's state is not written
+    assert y.shape == (B, T, H, N) and y.dtype == torch.float32
+    assert (y.double().transpose(1, 2) - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
+    assert (s.double() - s_ref).abs().max() < 1e-5 * s_ref.abs().max()
+
+
+def test_sequence_wkv_runs_in_prefill_and_agrees_with_the_chunked_form(ckpt_path, monkeypatch):
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    calls = []
+    real = v7_cpu.wkv_seq
+    monkeypatch.setattr(v7_cpu, "wkv_seq", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        s_c = m.zero_state()
+        logits_c = m.forward(TOKENS, s_c, full_output=True)
+    assert len(calls) == m.config.n_layer  # one call a layer: the C recurrence ran
+    with torch.no_grad():
+        monkeypatch.setattr(v7_cpu, "wkv_seq", lambda *a: None)  # unavailable: chunked form
+        s_t = m.zero_state()
+        logits_t = m.forward(TOKENS, s_t, full_output=True)
+    assert dev(logits_c, logits_t) < SAME_TOL
+    assert (s_c.wkv - s_t.wkv).abs().max() < 1e-4 * s_t.wkv.abs().max()

@@ -18,6 +18,7 @@
 
 #include "_cpukern.h"
 #include "_cpubind.h"
+#include "_v7wkv.h"
 
 #define CAPSULE "chatrwkv.v7cpu"
 
@@ -407,7 +408,38 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     return ck_py_pool(args, CAPSULE, offsetof(V7Model, pool));
 }
 
-static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
+/* wkv_seq(S, r, w, k, v, a, b, y, B, T, H, N, threads): _v7wkv.h's recurrence over T tokens;
+ * addresses of contiguous fp32 tensors (S [B, H, N, N] in place; the rest [B, T, H * N]). */
+#define V7S_MIN_PARALLEL_FLOPS 2e5  /* ~20 us on one core */
+static PyObject *py_wkv_seq(PyObject *self, PyObject *args) {
+    unsigned long long p[8];
+    int B, T, H, N, threads;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKiiiii", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5],
+                          &p[6], &p[7], &B, &T, &H, &N, &threads))
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        if (!p[i]) return PyErr_Format(PyExc_ValueError, "wkv_seq: a null address");
+    if (B < 1 || T < 1 || H < 1 || N < 1)
+        return PyErr_Format(PyExc_ValueError, "wkv_seq: bad shape");
+    V7Seq q = {(float *)(uintptr_t)p[0], (const float *)(uintptr_t)p[1],
+               (const float *)(uintptr_t)p[2], (const float *)(uintptr_t)p[3],
+               (const float *)(uintptr_t)p[4], (const float *)(uintptr_t)p[5],
+               (const float *)(uintptr_t)p[6], (float *)(uintptr_t)p[7], B, T, H, N};
+    Py_BEGIN_ALLOW_THREADS
+    int chunks = B * H;
+    CkPool *pool = ck_pool_begin(threads < chunks ? threads : chunks,
+                                 5.0 * N * N * (double)T * chunks, V7S_MIN_PARALLEL_FLOPS);
+    ck_run_on(pool, v7s_head, &q, chunks);
+    ck_pool_end(pool);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    CK_METHOD_LIST(py_new_model, py_step, py_threads, py_pool),
+    {"wkv_seq", py_wkv_seq, METH_VARARGS, "The WKV recurrence over a sequence (_v7wkv.h)."},
+    {NULL, NULL, 0, NULL},
+};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
                                     "RWKV v7 one-token step on the CPU.", -1, methods};

@@ -184,6 +184,28 @@ def wkv_chunked(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.T
     return y.reshape(B, H, n * chunk, N)[:, :, :T], S
 
 
+def _wkv_seq(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, kk: torch.Tensor, a: torch.Tensor, H: int, N: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The time mix's WKV over [B, T, C] inputs -> (y [B, T, H, N] fp32, new state): the C
+    recurrence where it runs (v7_cpu.wkv_seq: a 0.1B layer's 512 tokens in 3.9 ms against the
+    chunked form's 15.8 ms on the 2-core development machine), else `wkv_chunked` (any device,
+    differentiable). `S` is not modified."""
+    B, T, _ = r.shape
+    if not torch.is_grad_enabled() and r.device.type == "cpu":
+        S_new = S.float().clone(memory_format=torch.contiguous_format)
+        y = v7_cpu.wkv_seq(S_new, r.float(), logw.float().exp(), k.float(), v.float(),
+                           -kk.float(), (kk * a).float())
+        if y is not None:
+            return y.view(B, T, H, N), S_new
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> fp32 [B, H, T, N]
+        return t.float().view(B, T, H, N).transpose(1, 2)
+
+    y, S = wkv_chunked(S, heads(r), heads(logw), heads(k), heads(v), heads(-kk), heads(kk * a))
+    return y.transpose(1, 2), S
+
+
 # --- the model --------------------------------------------------------------------------------
 
 class RWKV7(RWKVModel):
@@ -391,12 +413,8 @@ class RWKV7(RWKVModel):
         else:
             v = v + (v_first - v) * torch.sigmoid(p.v0 + F.linear(F.linear(xv, p.v1), p.v2))
 
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> fp32 [B, H, T, N]
-            return t.float().view(B, T, H, N).transpose(1, 2)
-
-        y, S = wkv_chunked(S, heads(r), heads(logw), heads(k), heads(v), heads(-kk),
-                           heads(kk * a))
-        y = y.transpose(1, 2).to(x.dtype)                    # [B, T, H, N]
+        y, S = _wkv_seq(S, r, logw, k, v, kk, a, H, N)
+        y = y.to(x.dtype)                                    # [B, T, H, N]
         y = F.layer_norm(y, (N,), eps=LN_X_EPS) * p.ln_x_w + p.ln_x_b
         y = y + (r * k * p.r_k.view(C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
         return _mm(y.reshape(B, T, C) * g, p.O), v_first, S
