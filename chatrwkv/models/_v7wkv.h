@@ -1,4 +1,6 @@
-/* RWKV v7's WKV recurrence over a whole sequence (the sequence path: prefill), in C.
+/* RWKV v7's WKV recurrence over a whole sequence (the sequence path: prefill), in C, with
+ * what surrounds it in the time mix: the normalized key and in-context scaling before (as the
+ * one-token step forms them), the GroupNorm, bonus and gate after (v7_head_tail).
  *
  * For each batch row and head, token by token, exactly the official recurrence (the `rwkv`
  * package's RWKV_x070 torch loop and CUDA kernel; v7.py's `wkv_loop` is its torch twin):
@@ -22,10 +24,32 @@
 
 typedef struct {
     float *S;        /* [B, H, N, N], updated in place */
-    const float *r, *w, *k, *v, *a, *b;  /* [B, T, H * N] */
-    float *y;        /* [B, T, H * N] */
+    /* [B, T, H * N]: r; w, the decay itself; k, the key before its in-context scaling; v
+     * after the value residual; a, the in-context learning rate (sigmoid applied); g */
+    const float *r, *w, *k, *v, *a, *g;
+    const float *k_k, *k_a, *r_k, *ln_w, *ln_b;  /* [H * N] */
+    float *y;        /* [B, T, H * N]: the time mix's input to its output projection */
     int B, T, H, N;
 } V7Seq;
+
+/* A token's per-head inputs of the recurrence, as the one-token step forms them (v7_step):
+ * kk = normalize(k * k_k), k' = k (1 + (a - 1) k_a), a' = -kk, b = kk a. */
+static void v7s_prep(const float *k, const float *a, const float *k_k, const float *k_a,
+                     int N, float *kk, float *kp, float *an, float *b) {
+    double ss = 0;
+    for (int j = 0; j < N; j++) {
+        kk[j] = k[j] * k_k[j];
+        ss += (double)kk[j] * kk[j];
+    }
+    float nrm = (float)sqrt(ss);
+    float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+    for (int j = 0; j < N; j++) {
+        float kn = kk[j] * inv;
+        kp[j] = k[j] * (1 + (a[j] - 1) * k_a[j]);
+        an[j] = -kn;
+        b[j] = kn * a[j];
+    }
+}
 
 static void v7s_token_scalar(float *ST, const float *r, const float *w, const float *k,
                              const float *v, const float *a, const float *b, float *y, int N,
@@ -120,11 +144,12 @@ CK_AVX2 static void v7s_token_avx2(float *ST, const float *r, const float *w, co
 /* Chunk = one (batch row, head): the head's state transposed into scratch, T tokens, back. */
 static void v7s_head(const CkPhase *ph, int chunk) {
     const V7Seq *q = (const V7Seq *)ph->ctx;
-    int N = q->N, C = q->H * N, bi = chunk / q->H, h = chunk % q->H;
+    int N = q->N, C = q->H * N, bi = chunk / q->H, h = chunk % q->H, hn = h * N;
     float *S = q->S + (size_t)chunk * N * N;
     float *ST = aligned_alloc(64, ((size_t)N * N * sizeof(float) + 63) / 64 * 64 + 64);
-    float *sa = malloc(sizeof(float) * (size_t)N);
-    if (!ST || !sa) abort();
+    float *tmp = malloc(sizeof(float) * 5 * (size_t)N);
+    if (!ST || !tmp) abort();
+    float *sa = tmp, *kk = tmp + N, *kp = tmp + 2 * N, *an = tmp + 3 * N, *b = tmp + 4 * N;
     for (int i = 0; i < N; i++)
         for (int j = 0; j < N; j++) ST[(size_t)j * N + i] = S[(size_t)i * N + j];
 #if CK_X86
@@ -134,29 +159,22 @@ static void v7s_head(const CkPhase *ph, int chunk) {
     int level = 0;
 #endif
     for (int t = 0; t < q->T; t++) {
-        size_t o = ((size_t)bi * q->T + t) * C + (size_t)h * N;
-        const float *r = q->r + o, *w = q->w + o, *k = q->k + o, *v = q->v + o;
-        const float *a = q->a + o, *b = q->b + o;
+        size_t o = ((size_t)bi * q->T + t) * C + (size_t)hn;
+        const float *r = q->r + o, *w = q->w + o, *v = q->v + o;
         float *y = q->y + o;
+        v7s_prep(q->k + o, q->a + o, q->k_k + hn, q->k_a + hn, N, kk, kp, an, b);
 #if CK_X86
-        if (level == 2 && N == 64) {
-            v7s_token_avx512_64(ST, r, w, k, v, a, b, y);
-            continue;
-        }
-        if (level == 2) {
-            v7s_token_avx512_n(ST, r, w, k, v, a, b, y, N / 16);
-            continue;
-        }
-        if (level == 1) {
-            v7s_token_avx2(ST, r, w, k, v, a, b, y, N / 8);
-            continue;
-        }
+        if (level == 2 && N == 64) v7s_token_avx512_64(ST, r, w, kp, v, an, b, y);
+        else if (level == 2) v7s_token_avx512_n(ST, r, w, kp, v, an, b, y, N / 16);
+        else if (level == 1) v7s_token_avx2(ST, r, w, kp, v, an, b, y, N / 8);
+        else
 #endif
-        v7s_token_scalar(ST, r, w, k, v, a, b, y, N, sa);
+            v7s_token_scalar(ST, r, w, kp, v, an, b, y, N, sa);
+        v7_head_tail(y, r, kp, v, q->g + o, q->r_k + hn, q->ln_w + hn, q->ln_b + hn, N);
     }
     for (int i = 0; i < N; i++)
         for (int j = 0; j < N; j++) S[(size_t)i * N + j] = ST[(size_t)j * N + i];
-    free(sa);
+    free(tmp);
     free(ST);
 }
 
