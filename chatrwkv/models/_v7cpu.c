@@ -89,6 +89,51 @@ static float v7_row_scalar(float *S, const float *w, const float *b, const float
     return y;
 }
 
+/* Sums over a head (N = 64 values) in four interleaved partial sums: one running sum is a
+ * chain of N dependent additions, which made these a third of the prefill's per-head work. */
+static double v7_sum(const float *x, int n) {
+    double s[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) s[l] += x[i + l];
+    for (; i < n; i++) s[0] += x[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+/* sum of (x - c)^2 */
+static double v7_sumsq(const float *x, int n, double c) {
+    double s[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) s[l] += (x[i + l] - c) * (x[i + l] - c);
+    for (; i < n; i++) s[0] += (x[i] - c) * (x[i] - c);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+/* sum of a b c (fp32, as the torch twin) */
+static float v7_dot3(const float *a, const float *b, const float *c, int n) {
+    float s[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) s[l] += a[i + l] * b[i + l] * c[i + l];
+    for (; i < n; i++) s[0] += a[i] * b[i] * c[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+/* A head's output after the recurrence, in place on y [N]: the GroupNorm (ln_x), the bonus
+ * (r . (k * r_k)) v, times g. */
+static void v7_head_tail(float *y, const float *r, const float *k, const float *v,
+                         const float *g, const float *r_k, const float *ln_w, const float *ln_b,
+                         int N) {
+    double mean = v7_sum(y, N) / N, var = v7_sumsq(y, N, mean) / N;
+    float inv = (float)(1.0 / sqrt(var + LN_X_EPS)), mu = (float)mean;
+    float bonus = v7_dot3(r, k, r_k, N);
+    for (int i = 0; i < N; i++) {
+        float yi = (y[i] - mu) * inv * ln_w[i] + ln_b[i];
+        y[i] = (yi + bonus * v[i]) * g[i];
+    }
+}
+
 /* Head h: S = S diag(w) + (S a) b^T + v k^T, y = S r, GroupNorm, the r_k bonus, times g. */
 static void v7_wkv_head(const CkPhase *ph, int h) {
     V7Model *m = (V7Model *)ph->ctx;
@@ -108,19 +153,10 @@ static void v7_wkv_head(const CkPhase *ph, int h) {
 #endif
         y[i] = v7_row_scalar(S + (size_t)i * N, w, b, k, r, sa, v[i], N);
     }
-    double mean = 0, var = 0;
-    for (int i = 0; i < N; i++) mean += y[i];
-    mean /= N;
-    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
-    var /= N;
-    float inv = (float)(1.0 / sqrt(var + LN_X_EPS)), mu = (float)mean;
-    float bonus = 0;
-    for (int j = 0; j < N; j++) bonus += r[j] * m->k[o + j] * l->r_k[o + j];
-    for (int i = 0; i < N; i++) {
-        float yi = (y[i] - mu) * inv * l->ln_x_w[o + i] + l->ln_x_b[o + i];
-        y[i] = (yi + bonus * v[i]) * m->g[o + i];
-    }
+    v7_head_tail(y, r, k, v, m->g + o, l->r_k + o, l->ln_x_w + o, l->ln_x_b + o, N);
 }
+
+#include "_v7wkv.h"
 
 /* ---- DeepEmbed ---------------------------------------------------------------------------- */
 
@@ -217,9 +253,7 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
         }
         for (int h = 0; h < H; h++) {
             float *kh = m->kk + h * N;
-            double ss = 0;
-            for (int j = 0; j < N; j++) ss += (double)kh[j] * kh[j];
-            float nrm = (float)sqrt(ss);
+            float nrm = (float)sqrt(v7_sumsq(kh, N, 0.0));
             float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
             for (int j = 0; j < N; j++) kh[j] *= inv;
         }
@@ -407,7 +441,44 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     return ck_py_pool(args, CAPSULE, offsetof(V7Model, pool));
 }
 
-static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
+/* time_mix_seq(S, (r, w, k, v, a, g), (k_k, k_a, r_k, ln_x_w, ln_x_b), y, B, T, H, N,
+ * threads): _v7wkv.h over T tokens; addresses of contiguous fp32 tensors (S [B, H, N, N] in
+ * place; the six inputs and y [B, T, H * N]; the five vectors [H * N]). */
+#define V7S_MIN_PARALLEL_FLOPS 2e5  /* ~20 us on one core */
+static PyObject *py_time_mix_seq(PyObject *self, PyObject *args) {
+    unsigned long long S, in[6], vec[5], y;
+    int B, T, H, N, threads;
+    if (!PyArg_ParseTuple(args, "K(KKKKKK)(KKKKK)Kiiiii", &S, &in[0], &in[1], &in[2], &in[3],
+                          &in[4], &in[5], &vec[0], &vec[1], &vec[2], &vec[3], &vec[4], &y, &B,
+                          &T, &H, &N, &threads))
+        return NULL;
+    int null = !S || !y;
+    for (int i = 0; i < 6; i++) null |= !in[i];
+    for (int i = 0; i < 5; i++) null |= !vec[i];
+    if (null) return PyErr_Format(PyExc_ValueError, "time_mix_seq: a null address");
+    if (B < 1 || T < 1 || H < 1 || N < 1)
+        return PyErr_Format(PyExc_ValueError, "time_mix_seq: bad shape");
+#define F_(a) ((const float *)(uintptr_t)(a))
+    V7Seq q = {(float *)(uintptr_t)S, F_(in[0]), F_(in[1]), F_(in[2]), F_(in[3]), F_(in[4]),
+               F_(in[5]), F_(vec[0]), F_(vec[1]), F_(vec[2]), F_(vec[3]), F_(vec[4]),
+               (float *)(uintptr_t)y, B, T, H, N};
+#undef F_
+    Py_BEGIN_ALLOW_THREADS
+    int chunks = B * H;
+    CkPool *pool = ck_pool_begin(threads < chunks ? threads : chunks,
+                                 5.0 * N * N * (double)T * chunks, V7S_MIN_PARALLEL_FLOPS);
+    ck_run_on(pool, v7s_head, &q, chunks);
+    ck_pool_end(pool);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    CK_METHOD_LIST(py_new_model, py_step, py_threads, py_pool),
+    {"time_mix_seq", py_time_mix_seq, METH_VARARGS,
+     "The time mix's recurrence and its per-head work over a sequence (_v7wkv.h)."},
+    {NULL, NULL, 0, NULL},
+};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
                                     "RWKV v7 one-token step on the CPU.", -1, methods};
