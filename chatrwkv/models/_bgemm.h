@@ -208,6 +208,25 @@ CK_AVX512 static void bg_tile_avx512(const BgJob *j, int r0, int R, int t0, int 
 /* AVX2: 2 rows x 4 tokens, 16 weights a half-step (dword i: weights 2i, 2i + 1 of the 16; in
  * the 32-layout, evens at offset h * 8 and odds at 16 + h * 8 for half h). The row's tail is
  * copied into a zero-padded buffer (no 16-bit masked loads in AVX2). */
+/* One step of 32 weights (W: row i's 32 weights, an expression in i) against the tokens at k. */
+#define BG2_STEP(W)                                                                          \
+    do {                                                                                     \
+        for (int h = 0; h < 2; h++) {                                                        \
+            __m256 we[BG_ROWS2], wo[BG_ROWS2];                                               \
+            for (int i = 0; i < R; i++) {                                                    \
+                __m256i v = _mm256_loadu_si256((const __m256i *)((W) + 16 * h));             \
+                we[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));                       \
+                wo[i] = _mm256_castsi256_ps(_mm256_and_si256(v, hm));                        \
+            }                                                                                \
+            for (int t = 0; t < TT; t++) {                                                   \
+                __m256 xe = _mm256_loadu_ps(x[t] + k + 8 * h);                               \
+                __m256 xo = _mm256_loadu_ps(x[t] + k + 16 + 8 * h);                          \
+                for (int i = 0; i < R; i++)                                                  \
+                    a[i][t] = _mm256_fmadd_ps(wo[i], xo, _mm256_fmadd_ps(we[i], xe, a[i][t])); \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
 __attribute__((always_inline)) CK_AVX2 static inline void bg_avx2_body(
     const BgJob *j, int r0, const int R, int t0, const int TT, int k0, int k1) {
     const uint16_t *p[BG_ROWS2];
@@ -219,31 +238,15 @@ __attribute__((always_inline)) CK_AVX2 static inline void bg_avx2_body(
     for (int i = 0; i < R; i++)
         for (int t = 0; t < TT; t++) a[i][t] = _mm256_setzero_ps();
     int full = k0 + (k1 - k0) / BG_STEP * BG_STEP;
-    uint16_t tail[BG_ROWS2][BG_STEP];
-    for (int k = k0; k < k1; k += BG_STEP) {
-        const uint16_t *q[BG_ROWS2];
+    for (int k = k0; k < full; k += BG_STEP) BG2_STEP(p[i] + k);
+    if (full < k1) {
+        uint16_t tail[BG_ROWS2][BG_STEP];
         for (int i = 0; i < R; i++) {
-            q[i] = p[i] + k;
-            if (k >= full) {
-                memset(tail[i], 0, sizeof tail[i]);
-                memcpy(tail[i], q[i], sizeof(uint16_t) * (size_t)(k1 - k));
-                q[i] = tail[i];
-            }
+            memset(tail[i], 0, sizeof tail[i]);
+            memcpy(tail[i], p[i] + full, sizeof(uint16_t) * (size_t)(k1 - full));
         }
-        for (int h = 0; h < 2; h++) {
-            __m256 we[BG_ROWS2], wo[BG_ROWS2];
-            for (int i = 0; i < R; i++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(q[i] + 16 * h));
-                we[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-                wo[i] = _mm256_castsi256_ps(_mm256_and_si256(v, hm));
-            }
-            for (int t = 0; t < TT; t++) {
-                __m256 xe = _mm256_loadu_ps(x[t] + k + 8 * h);
-                __m256 xo = _mm256_loadu_ps(x[t] + k + 16 + 8 * h);
-                for (int i = 0; i < R; i++)
-                    a[i][t] = _mm256_fmadd_ps(wo[i], xo, _mm256_fmadd_ps(we[i], xe, a[i][t]));
-            }
-        }
+        int k = full;
+        BG2_STEP(tail[i]);
     }
     for (int t = 0; t < TT; t++) {
         float *y = j->y + (size_t)(t0 + t) * j->out + r0;
