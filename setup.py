@@ -14,7 +14,7 @@ setup(ext_modules=[
     Extension("chatrwkv.tokenizer._worldtrie", sources=["chatrwkv/tokenizer/_worldtrie.c"],
               optional=True),
     Extension("chatrwkv.models._v7cpu", sources=["chatrwkv/models/_v7cpu.c"],
-              depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,
+              depends=CPU_DEPENDS + ["chatrwkv/models/_v7wkv.h"], extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
     Extension("chatrwkv.models._v4cpu", sources=["chatrwkv/models/_v4cpu.c"],
               depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,

@@ -118,3 +118,81 @@ def test_arena_hands_out_aligned_disjoint_tensors():
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
     with pytest.raises(ValueError, match="full"):
         arena.take((1,), torch.float32)
+
+
+# --- the time mix's recurrence over a sequence (_v7wkv.h): the prefill's -----------------------
+
+def _time_mix_inputs(B, T, H, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = H * N
+    r, k, v, gate = (torch.randn(B, T, C, generator=g) for _ in range(4))
+    iclr = torch.rand(B, T, C, generator=g)
+    w = torch.exp(-0.6065 * torch.rand(B, T, C, generator=g))  # the model's decay range
+    S = 0.3 * torch.randn(B, H, N, N, generator=g)
+    vecs = tuple(torch.randn(C, generator=g) for _ in range(5))  # k_k, k_a, r_k, ln_x w, b
+    return S, (r, w, k, v, iclr, gate), vecs
+
+
+def _time_mix_reference(S, ins, vecs, H, N):
+    """v7.py's torch time mix between the projections, in float64, on the plain recurrence."""
+    from chatrwkv.models.v7 import LN_X_EPS, wkv_loop
+
+    r, w, k, v, a, g = (t.double() for t in ins)
+    k_k, k_a, r_k, ln_w, ln_b = (t.double() for t in vecs)
+    B, T, C = r.shape
+    kk = torch.nn.functional.normalize((k * k_k).view(B, T, H, N), dim=-1).view(B, T, C)
+    k = k * (1 + (a - 1) * k_a)
+
+    def heads(t):  # [B, T, C] -> [B, H, T, N]
+        return t.view(B, T, H, N).transpose(1, 2)
+
+    y, s = wkv_loop(S.double(), heads(r), heads(w.log()), heads(k), heads(v), heads(-kk),
+                    heads(kk * a))
+    y = torch.nn.functional.layer_norm(y.transpose(1, 2), (N,), eps=LN_X_EPS)
+    y = y * ln_w.view(H, N) + ln_b.view(H, N)
+    y = y + (r * k * r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)
+    return y.reshape(B, T, C) * g, s
+
+
+# N = 64 (the official head), 16 and 48 (AVX-512's generic width), 24 (AVX2 only), 6 (scalar).
+@pytest.mark.parametrize("N", [64, 16, 48, 24, 6])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sequence_time_mix_equals_the_plain_recurrence(simd, N, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    B, T, H = 2, 37, 3
+    S, ins, vecs = _time_mix_inputs(B, T, H, N)
+    y_ref, s_ref = _time_mix_reference(S, ins, vecs, H, N)
+    s = S.clone()
+    with torch.inference_mode():
+        y = v7_cpu.time_mix_seq(s, *ins, vecs)
+    assert y.shape == (B, T, H * N) and y.dtype == torch.float32
+    assert (y.double() - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
+    assert (s.double() - s_ref).abs().max() < 1e-5 * s_ref.abs().max()
+
+
+def test_sequence_time_mix_declines_what_it_cannot_run():
+    S, ins, vecs = _time_mix_inputs(1, 5, 2, 8)
+    assert v7_cpu.time_mix_seq(S.double(), *ins, vecs) is None  # not fp32
+    assert v7_cpu.time_mix_seq(S.mT, *ins, vecs) is None  # a state it cannot write in place
+    r = ins[0].clone().requires_grad_()
+    assert v7_cpu.time_mix_seq(S, r, *ins[1:], vecs) is None  # gradients wanted
+    assert v7_cpu.time_mix_seq(S, *ins, vecs[:4] + (vecs[4].double(),)) is None  # a vector
+    s = S.clone()
+    assert v7_cpu.time_mix_seq(s, *ins, vecs) is not None and not torch.equal(s, S)
+
+
+def test_sequence_time_mix_runs_in_prefill_and_agrees_with_torch(ckpt_path, monkeypatch):
+    m = load_model(ckpt_path, device="cpu", dtype="fp32")
+    calls = []
+    real = v7_cpu.time_mix_seq
+    monkeypatch.setattr(v7_cpu, "time_mix_seq", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        s_c = m.zero_state()
+        logits_c = m.forward(TOKENS, s_c, full_output=True)
+    assert len(calls) == m.config.n_layer  # one call a layer: the C time mix ran
+    with torch.no_grad():
+        monkeypatch.setattr(v7_cpu, "time_mix_seq", lambda *a: None)  # unavailable: torch
+        s_t = m.zero_state()
+        logits_t = m.forward(TOKENS, s_t, full_output=True)
+    assert dev(logits_c, logits_t) < SAME_TOL
+    assert (s_c.wkv - s_t.wkv).abs().max() < 1e-4 * s_t.wkv.abs().max()

@@ -103,18 +103,17 @@ static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_off
     return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
 }
 
-/* The method table both modules export: new_model, step (fastcall), threads, pool, set_simd,
- * kernels. */
+/* The methods every model module exports: new_model, step (fastcall), threads, pool,
+ * set_simd, kernels (CK_METHOD_LIST: to add more of its own; CK_METHODS: the whole table). */
+#define CK_METHOD_LIST(new_model, step, threads, pool)                                         \
+    {"new_model", new_model, METH_VARARGS, "Build a model from weight addresses."},            \
+    {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "Run one token."},              \
+    {"threads", threads, METH_VARARGS, "Threads the model's pool runs."},                      \
+    {"pool", pool, METH_VARARGS, "Pool settings and counts (see _cpubind.h)."},               \
+    {"set_simd", ck_py_set_simd, METH_VARARGS,                                                 \
+     "Kernels of at most this level (True: the best, False: scalar); returns what runs."},     \
+    {"kernels", ck_py_kernels, METH_NOARGS, "The name of the kernels that run now."}
 #define CK_METHODS(new_model, step, threads, pool)                                             \
-    {                                                                                          \
-        {"new_model", new_model, METH_VARARGS, "Build a model from weight addresses."},        \
-        {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "Run one token."},          \
-        {"threads", threads, METH_VARARGS, "Threads the model's pool runs."},                  \
-        {"pool", pool, METH_VARARGS, "Pool settings and counts (see _cpubind.h)."},           \
-        {"set_simd", ck_py_set_simd, METH_VARARGS,                                             \
-         "Kernels of at most this level (True: the best, False: scalar); returns what runs."}, \
-        {"kernels", ck_py_kernels, METH_NOARGS, "The name of the kernels that run now."},     \
-        {NULL, NULL, 0, NULL},                                                                 \
-    }
+    {CK_METHOD_LIST(new_model, step, threads, pool), {NULL, NULL, 0, NULL}}
 
 #endif

@@ -972,6 +972,44 @@ static void ck_run_phase(CkPool *p, int total) {
     }
 }
 
+/* A pool for one call (a product, a sequence's WKV) that is worth `work` units, or NULL (one
+ * thread: small work, or no thread could start): started, run, joined (~15 us measured, next
+ * to calls of milliseconds). A pool kept between calls would spin on its cores while torch
+ * runs the operations between them on its own threads (the two-core machine has no core to
+ * spare). Stopped and freed by ck_pool_end. */
+static inline CkPool *ck_pool_begin(int threads, double work, double min_work) {
+    CkPool *pool;
+    if (threads < 2 || work < min_work || (pool = malloc(sizeof *pool)) == NULL) return NULL;
+    if (ck_pool_start(pool, threads) < 2) {
+        ck_pool_stop(pool);
+        free(pool);
+        return NULL;
+    }
+    return pool;
+}
+
+static inline void ck_pool_end(CkPool *pool) {
+    if (pool) {
+        ck_pool_stop(pool);
+        free(pool);
+    }
+}
+
+/* Runs `total` chunks of fn(ctx) on `pool`, or on the calling thread when pool is NULL. */
+static inline void ck_run_on(CkPool *pool, CkChunkFn fn, void *ctx, int total) {
+    if (!pool) {
+        CkPhase ph;
+        memset(&ph, 0, sizeof ph);
+        ph.fn = fn;
+        ph.ctx = ctx;
+        for (int c = 0; c < total; c++) fn(&ph, c);
+        return;
+    }
+    pool->phase.fn = fn;
+    pool->phase.ctx = ctx;
+    ck_run_phase(pool, total);
+}
+
 /* ---- products as phases ------------------------------------------------------------------ */
 
 /* Rows per chunk: about 64 KiB of weights, so a chunk is a few microseconds of streaming, but

@@ -14,31 +14,11 @@
 #include "_quantprep.h"
 #include "_bgemm.h"
 
-/* The GEMM's threads live for one product: started, run, joined (~15 us measured, next to
- * products of milliseconds). A pool kept between products would spin on its cores while torch
- * runs the operations between them on its own threads (the two-core machine has no core to
- * spare). Products under QG_MIN_PARALLEL_MACS multiply-adds (~50 us on one core) stay on the
- * calling thread. */
+/* The GEMM's threads live for one product (ck_pool_begin): products under
+ * QG_MIN_PARALLEL_MACS multiply-adds (~50 us on one core) stay on the calling thread. */
 #define QG_MIN_PARALLEL_MACS (1 << 24)
-/* A pool of `threads` for one product of `macs` multiply-adds, or NULL (one thread: small
- * products, or no thread could start). Stopped and freed by qg_pool_end. */
-static CkPool *qg_pool_begin(int threads, double macs, double min_macs) {
-    CkPool *pool;
-    if (threads < 2 || macs < min_macs || (pool = malloc(sizeof *pool)) == NULL) return NULL;
-    if (ck_pool_start(pool, threads) < 2) {
-        ck_pool_stop(pool);
-        free(pool);
-        return NULL;
-    }
-    return pool;
-}
-
-static void qg_pool_end(CkPool *pool) {
-    if (pool) {
-        ck_pool_stop(pool);
-        free(pool);
-    }
-}
+#define qg_pool_begin ck_pool_begin
+#define qg_pool_end ck_pool_end
 
 /* gemv(matrix, x address, y address[, threads]): y = M x, fp32 [in] -> fp32 [out]; a big
  * matrix (QG_MIN_PARALLEL_WEIGHTS: a head, a 1.5B FFN) on `threads` threads, in 64 KiB chunks

@@ -89,6 +89,25 @@ static float v7_row_scalar(float *S, const float *w, const float *b, const float
     return y;
 }
 
+/* A head's output after the recurrence, in place on y [N]: the GroupNorm (ln_x), the bonus
+ * (r . (k * r_k)) v, times g. */
+static void v7_head_tail(float *y, const float *r, const float *k, const float *v,
+                         const float *g, const float *r_k, const float *ln_w, const float *ln_b,
+                         int N) {
+    double mean = 0, var = 0;
+    for (int i = 0; i < N; i++) mean += y[i];
+    mean /= N;
+    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
+    var /= N;
+    float inv = (float)(1.0 / sqrt(var + LN_X_EPS)), mu = (float)mean;
+    float bonus = 0;
+    for (int j = 0; j < N; j++) bonus += r[j] * k[j] * r_k[j];
+    for (int i = 0; i < N; i++) {
+        float yi = (y[i] - mu) * inv * ln_w[i] + ln_b[i];
+        y[i] = (yi + bonus * v[i]) * g[i];
+    }
+}
+
 /* Head h: S = S diag(w) + (S a) b^T + v k^T, y = S r, GroupNorm, the r_k bonus, times g. */
 static void v7_wkv_head(const CkPhase *ph, int h) {
     V7Model *m = (V7Model *)ph->ctx;
@@ -108,19 +127,10 @@ static void v7_wkv_head(const CkPhase *ph, int h) {
 #endif
         y[i] = v7_row_scalar(S + (size_t)i * N, w, b, k, r, sa, v[i], N);
     }
-    double mean = 0, var = 0;
-    for (int i = 0; i < N; i++) mean += y[i];
-    mean /= N;
-    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
-    var /= N;
-    float inv = (float)(1.0 / sqrt(var + LN_X_EPS)), mu = (float)mean;
-    float bonus = 0;
-    for (int j = 0; j < N; j++) bonus += r[j] * m->k[o + j] * l->r_k[o + j];
-    for (int i = 0; i < N; i++) {
-        float yi = (y[i] - mu) * inv * l->ln_x_w[o + i] + l->ln_x_b[o + i];
-        y[i] = (yi + bonus * v[i]) * m->g[o + i];
-    }
+    v7_head_tail(y, r, k, v, m->g + o, l->r_k + o, l->ln_x_w + o, l->ln_x_b + o, N);
 }
+
+#include "_v7wkv.h"
 
 /* ---- DeepEmbed ---------------------------------------------------------------------------- */
 
@@ -407,7 +417,44 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     return ck_py_pool(args, CAPSULE, offsetof(V7Model, pool));
 }
 
-static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
+/* time_mix_seq(S, (r, w, k, v, a, g), (k_k, k_a, r_k, ln_x_w, ln_x_b), y, B, T, H, N,
+ * threads): _v7wkv.h over T tokens; addresses of contiguous fp32 tensors (S [B, H, N, N] in
+ * place; the six inputs and y [B, T, H * N]; the five vectors [H * N]). */
+#define V7S_MIN_PARALLEL_FLOPS 2e5  /* ~20 us on one core */
+static PyObject *py_time_mix_seq(PyObject *self, PyObject *args) {
+    unsigned long long S, in[6], vec[5], y;
+    int B, T, H, N, threads;
+    if (!PyArg_ParseTuple(args, "K(KKKKKK)(KKKKK)Kiiiii", &S, &in[0], &in[1], &in[2], &in[3],
+                          &in[4], &in[5], &vec[0], &vec[1], &vec[2], &vec[3], &vec[4], &y, &B,
+                          &T, &H, &N, &threads))
+        return NULL;
+    int null = !S || !y;
+    for (int i = 0; i < 6; i++) null |= !in[i];
+    for (int i = 0; i < 5; i++) null |= !vec[i];
+    if (null) return PyErr_Format(PyExc_ValueError, "time_mix_seq: a null address");
+    if (B < 1 || T < 1 || H < 1 || N < 1)
+        return PyErr_Format(PyExc_ValueError, "time_mix_seq: bad shape");
+#define F_(a) ((const float *)(uintptr_t)(a))
+    V7Seq q = {(float *)(uintptr_t)S, F_(in[0]), F_(in[1]), F_(in[2]), F_(in[3]), F_(in[4]),
+               F_(in[5]), F_(vec[0]), F_(vec[1]), F_(vec[2]), F_(vec[3]), F_(vec[4]),
+               (float *)(uintptr_t)y, B, T, H, N};
+#undef F_
+    Py_BEGIN_ALLOW_THREADS
+    int chunks = B * H;
+    CkPool *pool = ck_pool_begin(threads < chunks ? threads : chunks,
+                                 5.0 * N * N * (double)T * chunks, V7S_MIN_PARALLEL_FLOPS);
+    ck_run_on(pool, v7s_head, &q, chunks);
+    ck_pool_end(pool);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    CK_METHOD_LIST(py_new_model, py_step, py_threads, py_pool),
+    {"time_mix_seq", py_time_mix_seq, METH_VARARGS,
+     "The time mix's recurrence and its per-head work over a sequence (_v7wkv.h)."},
+    {NULL, NULL, 0, NULL},
+};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
                                     "RWKV v7 one-token step on the CPU.", -1, methods};

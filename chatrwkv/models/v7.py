@@ -388,12 +388,22 @@ class RWKV7(RWKVModel):
         logw = -DECAY_SCALE * torch.sigmoid(p.w0 + w.float())
         a = torch.sigmoid(p.a0 + F.linear(F.linear(xa, p.a1), p.a2))
         g = F.linear(torch.sigmoid(F.linear(xg, p.g1)), p.g2)
-        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1).view(B, T, C)
-        k = k * (1 + (a - 1) * p.k_a)
         if p.v1 is None:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(p.v0 + F.linear(F.linear(xv, p.v1), p.v2))
+            v = torch.lerp(v, v_first, torch.sigmoid(p.v0 + F.linear(F.linear(xv, p.v1), p.v2)))
+        if not torch.is_grad_enabled() and x.device.type == "cpu":
+            # In C: the key's normalization and scaling, the recurrence, GroupNorm, bonus, gate
+            # (on the development machine a 0.1B layer's 512 tokens: 3.9 ms for the recurrence
+            # against 15.8 ms for the chunked form, and ~16 torch operations fewer).
+            S_new = S.float().clone(memory_format=torch.contiguous_format)
+            y = v7_cpu.time_mix_seq(S_new, r.float(), logw.exp(), k.float(), v.float(),
+                                    a.float(), g.float(),
+                                    (p.k_k, p.k_a, p.r_k, p.ln_x_w, p.ln_x_b))
+            if y is not None:
+                return _mm(y.to(x.dtype), p.O), v_first, S_new
+        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1).view(B, T, C)
+        k = k * (1 + (a - 1) * p.k_a)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> fp32 [B, H, T, N]
             return t.float().view(B, T, H, N).transpose(1, 2)

@@ -50,6 +50,35 @@ def use_simd(level: bool | int) -> int:
     return int(_v7cpu.set_simd(level)) if _v7cpu is not None else 0
 
 
+def time_mix_seq(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor, a: torch.Tensor, g: torch.Tensor,
+                 vecs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The time mix from its projections to the input of its output projection, over a
+    sequence in C (`_v7wkv.h`), or None where that cannot run (extension not built, not CPU
+    fp32, gradients wanted). S [B, H, N, N] is updated in place; r, w (the decay itself), k, v
+    (after the value residual), a (the in-context learning rate), g are [B, T, H * N]; vecs:
+    the layer's k_k, k_a, r_k, ln_x weight and bias, [H * N] each. Returns y [B, T, H * N]."""
+    ins = (r, w, k, v, a, g)
+    if (_v7cpu is None or S.device.type != "cpu" or S.dtype != torch.float32
+            or not S.is_contiguous() or S.dim() != 4 or r.dim() != 3
+            or any(t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != r.shape
+                   for t in ins)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (S, *ins)))):
+        return None
+    B, H, N, _ = S.shape
+    if r.shape[0] != B or r.shape[2] != H * N:
+        return None
+    try:
+        vec_addresses = tuple(fp32_address(t.reshape(-1)) for t in vecs)
+    except Unsupported:
+        return None
+    ins = tuple(t.contiguous() for t in ins)
+    y = torch.empty_like(ins[0])
+    _v7cpu.time_mix_seq(S.data_ptr(), tuple(t.data_ptr() for t in ins), vec_addresses,
+                        y.data_ptr(), B, r.shape[1], H, N, torch.get_num_threads())
+    return y
+
+
 def arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
           device: torch.device) -> Arena | None:
     C, F_, D = cfg.n_embd, cfg.ffn_dim, cfg.d_embed
