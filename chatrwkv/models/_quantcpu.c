@@ -178,7 +178,7 @@ static PyObject *py_bgemm(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    CkPool *pool = qg_pool_begin(threads, (double)T * out * in, QG_MIN_PARALLEL_MACS);
+    CkPool *pool = qg_pool_begin(threads, (double)T * out * in, BG_MIN_PARALLEL_MACS);
     rc = bg_gemm((const uint16_t *)(uintptr_t)w, out, in, (const float *)(uintptr_t)x, T,
                  (float *)(uintptr_t)y, pool);
     qg_pool_end(pool);
