@@ -6,14 +6,21 @@ the result is x @ W.float().T up to the order of fp32 sums: no rounding of the a
 one, per call or kept: twice the memory).
 
 Measured on the development machine (Xeon, Sapphire/Emerald Rapids class, AVX-512 BF16, no
-AMX; 2 threads shared with other work: best of interleaved rounds, GFLOP/s; reproduce with
-`flock /tmp/chatrwkv-bench.lock python benchmarks/bench_bgemm.py`):
-  - T = 256, 1.5B-sized layers (2048x2048, 1024x4096, 3072x768): this GEMM 233-247, torch's
-    bf16 GEMM 155-173, MKL fp32 on a kept fp32 copy 241-263; one thread 104-120 / 89-94 /
-    142-150. vdpbf16ps issues at a quarter of the fp32 FMA rate here, which is why torch's
-    bf16 GEMM trails: widening costs 8 instructions per 48 FMAs instead.
-  - T = 32 (one thread): this GEMM 79-100, torch bf16 70-73, MKL fp32 79-96.
-See benchmarks/bench_bgemm.py for the table with the weight-converted-per-call alternative.
+AMX; 2 threads, shared with other work: medians of 3 runs of `flock /tmp/chatrwkv-bench.lock
+python benchmarks/bench_bgemm.py --threads 2`, each the median of 5 interleaved rounds), for
+the 0.1B-1.5B layer shapes and the 0.1B head, this GEMM against
+  - torch's bf16 GEMM (v4/v7's path before): 1.17-1.54x at every shape for T = 256, 64, 16
+    (e.g. 1024 x 1024, T = 256: 240 vs 164 GFLOP/s). Its vdpbf16ps issues at a quarter of the
+    fp32 FMA rate here; widening costs 8 instructions per 48 FMAs instead.
+  - the weight converted to fp32 per call (v5/v6's path before): 0.88-0.93x on 768 x 768
+    (T = 256, 64) and 1024 x 1024 (T = 256), where MKL's kernel beats ours by more than the
+    conversion costs (279 vs 210 on a kept copy); 1.0-3.6x elsewhere, 2-8x at T = 16.
+  - MKL on an fp32 copy kept beside the model (twice the memory, not an option for bf16):
+    0.75-0.95x at T = 256, 0.70-1.19x at T = 64, 0.59-1.78x at T = 16.
+Whole model, v7 0.1B / 0.4B bf16, 512-token prefill, tok/s, this GEMM on vs off (off: the
+torch bf16 path): `chatrwkv bench --dtype bf16,fp32 --runs 3` medians 792 vs 581 and 277 vs 163
+(fp32: 939 and 271 in the same runs); one process alternating on and off per prefill, on a
+loaded machine, 266 vs 211 and 99 vs 78.
 """
 
 from __future__ import annotations
