@@ -154,3 +154,13 @@ def test_token_outside_vocabulary_is_one_error(ckpt_path):
     for token in (-1, m.config.vocab_size):
         with pytest.raises(IndexError, match="outside the vocabulary"):
             step.step(token, m.zero_state())
+
+
+def test_without_the_extension_torch_runs_and_says_why(ckpt_path, monkeypatch):
+    monkeypatch.setattr(v6_cpu, "_v6cpu", None)
+    monkeypatch.setattr(v6_cpu, "_IMPORT_ERROR", "no compiler")
+    m = load_model(ckpt_path, device="cpu", dtype="int8")
+    assert not m.has_c_step
+    assert m.engine_path == "torch fallback (C extension not built: no compiler)"
+    with torch.inference_mode():
+        assert torch.isfinite(m.forward([TOKENS[0]], m.zero_state())).all()
