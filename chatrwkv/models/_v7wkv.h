@@ -36,12 +36,8 @@ typedef struct {
  * kk = normalize(k * k_k), k' = k (1 + (a - 1) k_a), a' = -kk, b = kk a. */
 static void v7s_prep(const float *k, const float *a, const float *k_k, const float *k_a,
                      int N, float *kk, float *kp, float *an, float *b) {
-    double ss = 0;
-    for (int j = 0; j < N; j++) {
-        kk[j] = k[j] * k_k[j];
-        ss += (double)kk[j] * kk[j];
-    }
-    float nrm = (float)sqrt(ss);
+    for (int j = 0; j < N; j++) kk[j] = k[j] * k_k[j];
+    float nrm = (float)sqrt(v7_sumsq(kk, N, 0.0));
     float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
     for (int j = 0; j < N; j++) {
         float kn = kk[j] * inv;
