@@ -17,9 +17,10 @@ from tests.cpu_step_helpers import compare, dev, fast, simd_fixture, steps
 
 pytestmark = pytest.mark.skipif(not v6_cpu.available(), reason="C extension not built")
 
-# Odd sizes on purpose: rows that are no multiple of the SIMD loops, a head size of 24, odd LoRA
-# widths and FFN; and official-like 64-wide heads with the official LoRA widths (32 / 64).
-SHAPES = {"odd": {"n_layer": 2, "n_embd": 72, "vocab_size": 301, "head_size": 24,
+# Odd sizes on purpose: rows that are no multiple of the SIMD loops, a head size of 12 (8 + a tail
+# of 4 in the AVX2 head update), odd LoRA widths and FFN; and official-like 64-wide heads with
+# the official LoRA widths (32 / 64).
+SHAPES = {"odd": {"n_layer": 2, "n_embd": 72, "vocab_size": 301, "head_size": 12,
                   "mix_lora": 5, "decay_lora": 7, "ffn_dim": 250},
           "heads64": {"n_layer": 3, "n_embd": 128, "vocab_size": 500, "head_size": 64}}
 TOKENS = torch.randint(0, 300, (24,), generator=torch.Generator().manual_seed(3)).tolist()
