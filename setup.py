@@ -26,7 +26,8 @@ setup(ext_modules=[
               depends=CPU_DEPENDS, extra_compile_args=C_FLAGS,
               extra_link_args=["-pthread"], optional=True),
     Extension("chatrwkv.models._quantcpu", sources=["chatrwkv/models/_quantcpu.c"],
-              depends=CPU_DEPENDS + ["chatrwkv/models/_qgemm.h", "chatrwkv/models/_quantprep.h"],
+              depends=CPU_DEPENDS + ["chatrwkv/models/_qgemm.h", "chatrwkv/models/_quantprep.h",
+                                      "chatrwkv/models/_bgemm.h"],
               extra_compile_args=C_FLAGS + ["-Wno-unused-function"],
               extra_link_args=["-pthread"], optional=True),
 ])

@@ -12,6 +12,7 @@
 #include "_cpubind.h"
 #include "_qgemm.h"
 #include "_quantprep.h"
+#include "_bgemm.h"
 
 /* The GEMM's threads live for one product (ck_pool_begin): products under
  * QG_MIN_PARALLEL_MACS multiply-adds (~50 us on one core) stay on the calling thread. */
@@ -166,6 +167,26 @@ static PyObject *py_nonfinite(PyObject *self, PyObject *args) {
     return PyBool_FromLong(hit);
 }
 
+/* bgemm(w address, out, in, x address, T, y address, threads): y [T, out] = x [T, in] W^T
+ * for bf16 W [out, in] (row-major) and fp32 x and y, all contiguous (_bgemm.h). */
+static PyObject *py_bgemm(PyObject *self, PyObject *args) {
+    unsigned long long w, x, y;
+    int out, in, T, threads, rc;
+    if (!PyArg_ParseTuple(args, "KiiKiKi", &w, &out, &in, &x, &T, &y, &threads)) return NULL;
+    if (out < 1 || in < 1 || T < 1) {
+        PyErr_SetString(PyExc_ValueError, "bgemm needs at least one row, input and token");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    CkPool *pool = qg_pool_begin(threads, (double)T * out * in, BG_MIN_PARALLEL_MACS);
+    rc = bg_gemm((const uint16_t *)(uintptr_t)w, out, in, (const float *)(uintptr_t)x, T,
+                 (float *)(uintptr_t)y, pool);
+    qg_pool_end(pool);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "y = x M^T for many rows of x (integer dot products)."},
     {"rowsum", py_rowsum, METH_VARARGS, "int32 row sums of an int8 matrix."},
@@ -175,6 +196,7 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
+    {"bgemm", py_bgemm, METH_VARARGS, "y = x W^T for many rows of x, bf16 W (fp32 FMAs)."},
     {"set_simd", ck_py_set_simd, METH_VARARGS,
      "Kernels of at most this level (True: the best, False: scalar); returns what runs."},
     {NULL, NULL, 0, NULL},

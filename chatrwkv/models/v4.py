@@ -26,6 +26,7 @@ from ..errors import CheckpointError
 from ..state import State
 from . import v4_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .bf16gemm import bf16_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
@@ -76,11 +77,14 @@ class _Layer(NamedTuple):
 
 
 def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
-    """`x @ weight.T` returned in x's dtype; a 16-bit weight multiplies in its own dtype."""
+    """`x @ weight.T` returned in x's dtype; a 16-bit weight multiplies in its own dtype, except
+    many fp32 rows times bf16 on the CPU (bf16gemm: fp32 FMAs, activations not rounded)."""
     if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     if weight.dtype == x.dtype:
         return F.linear(x, weight)
+    if (y := bf16_linear(x, weight)) is not None:
+        return y
     return F.linear(x.to(weight.dtype), weight).to(x.dtype)
 
 

@@ -25,6 +25,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v5_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .bf16gemm import bf16_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
@@ -75,12 +76,15 @@ class _Layer:
 
 def _linear(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
     """x @ weight.T in x's dtype. Mixed dtypes happen only on CPU with 16-bit weights: a vector
-    goes through a 16-bit GEMV (no fp32 copy of the weight), a matrix through fp32 GEMM.
-    int8 / int4 weights (CPU, fp32 activations) multiply as quant.py does."""
+    goes through a 16-bit GEMV (no fp32 copy of the weight), a matrix through bf16gemm's C GEMM
+    (bf16 weights) or fp32 GEMM. int8 / int4 weights (CPU, fp32 activations) multiply as
+    quant.py does."""
     if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
     if x.dtype == weight.dtype:
         return F.linear(x, weight)
+    if (y := bf16_linear(x, weight)) is not None:
+        return y
     if x.dim() == 1:
         return F.linear(x.to(weight.dtype), weight).to(x.dtype)
     return F.linear(x, weight.to(x.dtype))

@@ -29,6 +29,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v6_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .bf16gemm import bf16_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
@@ -90,9 +91,12 @@ def _mv(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
 
 
 def _mm(x: torch.Tensor, weight: Matrix) -> torch.Tensor:
-    """Matrix-matrix in the activations' dtype (16-bit GEMM on CPU is slow: upcast the weight)."""
+    """Matrix-matrix in the activations' dtype: bf16 weights through bf16gemm's C GEMM where it
+    applies, else the weight upcast (torch's 16-bit GEMM on CPU is slow)."""
     if isinstance(weight, (Int8Linear, Int4Linear)):
         return weight(x)
+    if (y := bf16_linear(x, weight)) is not None:
+        return y
     return F.linear(x, weight.to(x.dtype))
 
 

@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
+from .bf16gemm import bf16_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear, native_bf16
@@ -99,15 +100,18 @@ class _Layer:
 
 
 def _mm(x: torch.Tensor, W: Matrix) -> torch.Tensor:
-    """x times a big matrix [out, in], in x's dtype. 16-bit weights with fp32 activations (CPU)
-    multiply in 16 bits (activations rounded, fp32 accumulation) where the CPU has native bf16
-    (on the development machine: 1.6x the fp32 GEMM, and no fp32 copy of the weight); else the
-    weight is upcast. int8 / int4 weights compute in fp32 (quant.py). One-token steps on the
-    CPU normally run in C (`v7_cpu.py`, fp32 activations); this is their torch twin."""
+    """x times a big matrix [out, in], in x's dtype. Many fp32 tokens times bf16 weights (CPU)
+    run bf16gemm's C GEMM (fp32 FMAs on the widened weights: faster than torch's bf16 GEMM
+    here, and the activations are not rounded); elsewhere 16-bit weights with fp32 activations
+    multiply in 16 bits (activations rounded, fp32 accumulation) where the CPU has native bf16,
+    else the weight is upcast. int8 / int4 weights compute in fp32 (quant.py). One-token steps
+    on the CPU normally run in C (`v7_cpu.py`, fp32 activations); this is their torch twin."""
     if isinstance(W, (Int8Linear, Int4Linear)):
         return W(x)
     if x.dtype == W.dtype:
         return F.linear(x, W)
+    if (y := bf16_linear(x, W)) is not None:
+        return y
     if x.dim() == 1 or (W.dtype == torch.bfloat16 and native_bf16()):
         return F.linear(x.to(W.dtype), W).to(x.dtype)
     return F.linear(x, W.to(x.dtype))
@@ -503,7 +507,10 @@ def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor,
 def _head_mm(x: torch.Tensor, head: Matrix) -> torch.Tensor:
     if isinstance(head, (Int8Linear, Int4Linear)) or head.dtype in (torch.float32, x.dtype):
         return _mm(x, head)
-    # Many rows through a 16-bit head: a 16-bit GEMM, not an fp32 copy of the [V, C] head.
+    # Many rows through a 16-bit head: the bf16 C GEMM or a 16-bit GEMM, not an fp32 copy of
+    # the [V, C] head.
+    if (y := bf16_linear(x, head)) is not None:
+        return y
     return F.linear(x.to(head.dtype), head).to(x.dtype)
 
 
