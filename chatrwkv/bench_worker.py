@@ -76,8 +76,8 @@ class ChatEngine:
     def decode_bytes(self) -> int:
         """Bytes one decode step reads: every weight tensor but the embedding tables (the
         embedding, DeepEmbed's per-layer s_emb), and one row of each. fbgemm's packed int8
-        copies count only where no C step runs (v5, v6): a C step reads the plain rows, and
-        only the sequence path the packed copy."""
+        copies count only where no C step runs (the extension not built): a C step reads the
+        plain rows, and only the sequence path the packed copy."""
         total = tensor_bytes(self.model, opaque=not self.model.has_c_step)
         for table in self.model.embedding_tables():
             total += table[0].numel() * table.element_size() - tensor_bytes(table)

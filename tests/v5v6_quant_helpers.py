@@ -41,6 +41,9 @@ def dequantized_twin(model, kind: type):
                         ffn._replace(**{k: deq(v) for k, v in ffn._asdict().items()}), h)
                        for att, ffn, h in model.layers]
     twin.head = deq(model.head)
+    # A shallow copy would share the model's C one-token step (built at its first token), which
+    # points at the quantized weights: the twin runs torch on its dequantized ones instead.
+    twin._c_step_built, twin._c_step = True, None
     return twin
 
 

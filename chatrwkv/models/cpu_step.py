@@ -1,6 +1,7 @@
-"""What the C one-token steps (`_v4cpu.c`, `_v7cpu.c`) share on the Python side.
+"""What the C one-token steps (`_v4cpu.c`, `_v5cpu.c`, `_v6cpu.c`, `_v7cpu.c`) share on the
+Python side.
 
-A version's glue (`v4_cpu.py`, `v7_cpu.py`) describes its prepared weights to its extension by
+A version's glue (`v4_cpu.py`, `v5_cpu.py`, `v6_cpu.py`, `v7_cpu.py`) describes its prepared weights to its extension by
 address (`fp32_address`, `matrix`: no copy) and subclasses `CpuStep`, which keeps the described
 tensors alive, checks states before the C side writes into them, and runs one token.
 `weight_arena` sizes the huge-page memory (arena.py) that the big matrices are loaded into.

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
+from . import v5_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .bf16gemm import bf16_linear
+from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
 from .weightcache import WeightCache, int4_matrix, int8_matrix
@@ -191,6 +193,8 @@ class RWKV5(RWKVModel):
         self.compute_dtype = self.dtype if device.type == "cuda" else torch.float32
         self._cache = cache
         self._pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy
+        # huge-page memory the C one-token step streams the big matrices from (CPU only)
+        self._arena = v5_cpu.arena(self.config, dtype, self.dtype, device)
         self.blocks = tuple(self._load_layer(ckpt, i) for i in range(n_layer))
 
         # ln0 folded into the embedding in the file's dtype when it is uniform, as the reference
@@ -202,7 +206,7 @@ class RWKV5(RWKVModel):
         self.ln_out_w = self._vec(ckpt.expect_shape("ln_out.weight", (C,)))
         self.ln_out_b = self._vec(ckpt.expect_shape("ln_out.bias", (C,)))
         self.head = self._big(ckpt, "head.weight", (vocab_size, C))
-        del self._cache, self._pages
+        del self._cache, self._pages, self._arena
         ckpt.check_consumed()
 
     # --- loading -------------------------------------------------------------------------------
@@ -218,11 +222,16 @@ class RWKV5(RWKVModel):
     def _big(self, ckpt: Checkpoint, key: str, shape: tuple[int, int],
              scale: float = 1.0) -> Matrix:
         """A big matrix: int8 / int4 (fp32 activations, no fp16 rescale), else `_mat`."""
-        t = ckpt.expect_shape(key, shape)
-        if self.dtype_name == "int8":
-            out: Matrix = int8_matrix(self._cache, key, t, done=self._pages.release)
+        t, arena = ckpt.expect_shape(key, shape), self._arena
+        if self.dtype_name == "int8":  # the C step and prefill read the same int8 rows
+            rows = arena.take(shape, torch.int8) if arena else None
+            out: Matrix = int8_matrix(self._cache, key, t, rows, self._pages.release)
         elif self.dtype_name == "int4":
-            out = int4_matrix(self._cache, key, t, done=self._pages.release)
+            packed = arena.take(weight_shape(shape, "int4"), torch.uint8) if arena else None
+            out = int4_matrix(self._cache, key, t, packed, self._pages.release)
+        elif arena is not None and scale == 1.0:  # [out, in] row-major for the C step
+            out = arena.take(shape, self.dtype)
+            self._pages.copy(t, out)
         else:
             out = self._mat(t, scale)
         self._pages.release(t, out)
@@ -288,7 +297,7 @@ class RWKV5(RWKVModel):
         if not tokens:
             raise ValueError("forward needs at least one token")
         if len(tokens) == 1:
-            logits = self._forward_one(tokens[0], state)
+            logits = self._forward_one(int(tokens[0]), state)
             return logits.unsqueeze(0) if full_output else logits
         outputs = []
         for a in range(0, len(tokens), self.chunk_len):
@@ -308,6 +317,23 @@ class RWKV5(RWKVModel):
         return _linear(x, self.head).float()
 
     def _forward_one(self, token: int, state: WKVState) -> torch.Tensor:
+        """One token: in C where it can run (CPU, no gradients wanted), else in torch."""
+        step = self._c_step_for(state)
+        return self._forward_one_torch(token, state) if step is None else step.step(token, state)
+
+    def _build_c_step(self) -> CpuStep | None:
+        return v5_cpu.build(self)
+
+    def _c_step_missing(self) -> str:
+        return v5_cpu.missing(self)
+
+    def _weight_tensors(self) -> list[object]:
+        tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
+        for b in self.blocks:
+            tensors.extend(getattr(b, f.name) for f in dataclasses.fields(b))
+        return tensors
+
+    def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
         """RNN mode: one token, matrix-vector products, the state updated in place."""
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
         dt = self.compute_dtype

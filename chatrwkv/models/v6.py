@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..state import WKVState
+from . import v6_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
 from .bf16gemm import bf16_linear
+from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
 from .weightcache import WeightCache, int4_matrix, int8_matrix
@@ -56,7 +58,7 @@ class _Att(NamedTuple):
     maa_x: torch.Tensor       # [C]
     maa_wkvrg: torch.Tensor   # [5, C] time_maa_w, _k, _v, _r, _g
     maa_w1: torch.Tensor      # [5 * D_mix, C] (F.linear layout)
-    maa_w2: torch.Tensor      # [5, D_mix, C]
+    maa_w2: torch.Tensor      # [5, C, D_mix] (F.linear layout per mix)
     decay_w1: torch.Tensor    # [D_decay, C]
     decay_w2: torch.Tensor    # [C, D_decay]
     time_decay: torch.Tensor  # [C] fp32
@@ -208,17 +210,24 @@ class RWKV6(RWKVModel):
             return (t * scale if scale != 1.0 else t).contiguous()
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
+        # huge-page memory the C one-token step streams the big matrices from (CPU only)
+        arena = v6_cpu.arena(cfg, self.dtype_name, self.dtype, dev)
 
         def big(key: str, shape: tuple[int, int], scale: float = 1.0) -> Matrix:
             # int8 / int4: fp32 activations, so no fp16 rescale
-            if self.dtype_name == "int8":
-                out: Matrix = int8_matrix(cache, key, ckpt.expect_shape(key, shape),
-                                          done=pages.release)
+            t = ckpt.expect_shape(key, shape)
+            if self.dtype_name == "int8":  # the C step and prefill read the same int8 rows
+                rows = arena.take(shape, torch.int8) if arena else None
+                out: Matrix = int8_matrix(cache, key, t, rows, pages.release)
             elif self.dtype_name == "int4":
-                out = int4_matrix(cache, key, ckpt.expect_shape(key, shape), done=pages.release)
+                packed = arena.take(weight_shape(shape, "int4"), torch.uint8) if arena else None
+                out = int4_matrix(cache, key, t, packed, pages.release)
+            elif arena is not None and scale == 1.0:  # [out, in] row-major for the C step
+                out = arena.take(shape, self.dtype)
+                pages.copy(t, out)
             else:
                 out = mat(key, shape, self.dtype, scale)
-            pages.release(ckpt.require(key), out)
+            pages.release(t, out)
             return out
 
         # Fold ln0 in the file's dtype, as the reference does: a bf16 file gets a bf16-rounded
@@ -242,7 +251,7 @@ class RWKV6(RWKVModel):
                 maa_x=vec(a + "time_maa_x"),
                 maa_wkvrg=torch.stack([vec(a + f"time_maa_{m}") for m in "wkvrg"]),
                 maa_w1=mat(a + "time_maa_w1", (C, 5 * D)).t().contiguous(),
-                maa_w2=mat(a + "time_maa_w2", (5, D, C)),
+                maa_w2=mat(a + "time_maa_w2", (5, D, C)).mT.contiguous(),
                 decay_w1=mat(a + "time_decay_w1", (C, Dd)).t().contiguous(),
                 decay_w2=mat(a + "time_decay_w2", (Dd, C)).t().contiguous(),
                 time_decay=vec(a + "time_decay", torch.float32),
@@ -283,13 +292,7 @@ class RWKV6(RWKVModel):
         if min(tokens) < 0 or max(tokens) >= self.config.vocab_size:
             raise ValueError(f"token id out of range for vocabulary of {self.config.vocab_size}")
         if len(tokens) == 1:
-            x = self.emb[tokens[0]].to(self.compute_dtype)
-            for i, (att, ffn, halve_after) in enumerate(self.layers):
-                x = self._att_one(i, att, x, state)
-                x = self._ffn_one(i, ffn, x, state)
-                if halve_after:
-                    x = x / 2
-            logits = self._head(x)
+            logits = self._forward_one(int(tokens[0]), state)
             return logits.unsqueeze(0) if full_output else logits
         outputs = []
         for start in range(0, len(tokens), self.chunk_len):
@@ -310,13 +313,39 @@ class RWKV6(RWKVModel):
 
     # --- one token (RNN mode) ----------------------------------------------------------------
 
+    def _forward_one(self, token: int, state: WKVState) -> torch.Tensor:
+        """One token: in C where it can run (CPU, no gradients wanted), else in torch."""
+        step = self._c_step_for(state)
+        return self._forward_one_torch(token, state) if step is None else step.step(token, state)
+
+    def _build_c_step(self) -> CpuStep | None:
+        return v6_cpu.build(self)
+
+    def _c_step_missing(self) -> str:
+        return v6_cpu.missing(self)
+
+    def _weight_tensors(self) -> list[object]:
+        tensors = [self.emb, self.ln_out_w, self.ln_out_b, self.head]
+        for att, ffn, _ in self.layers:
+            tensors.extend((*att, *ffn))
+        return tensors
+
+    def _forward_one_torch(self, token: int, state: WKVState) -> torch.Tensor:
+        x = self.emb[token].to(self.compute_dtype)
+        for i, (att, ffn, halve_after) in enumerate(self.layers):
+            x = self._att_one(i, att, x, state)
+            x = self._ffn_one(i, ffn, x, state)
+            if halve_after:
+                x = x / 2
+        return self._head(x)
+
     def _att_one(self, i: int, w: _Att, x: torch.Tensor, state: WKVState) -> torch.Tensor:
         H, N = self.config.n_head, self.config.head_size
         xx = F.layer_norm(x, x.shape, w.ln_w, w.ln_b)
         sx = state.att_x[i].to(xx.dtype) - xx
         state.att_x[i] = xx
         lora = torch.tanh(F.linear(xx + sx * w.maa_x, w.maa_w1)).view(5, 1, -1)
-        mixed = xx + sx * (w.maa_wkvrg + torch.bmm(lora, w.maa_w2).view(5, -1))  # [5, C]
+        mixed = xx + sx * (w.maa_wkvrg + torch.bmm(lora, w.maa_w2.mT).view(5, -1))  # [5, C]
         wx, kx, vx, rx, gx = mixed.unbind(0)
         r = _mv(rx, w.receptance).float().view(H, N)
         k = _mv(kx, w.key).float().view(H, N)
@@ -349,7 +378,7 @@ class RWKV6(RWKVModel):
         sx = torch.cat((state.att_x[i].to(xx.dtype).unsqueeze(0), xx[:-1])) - xx
         state.att_x[i] = xx[-1]
         lora = torch.tanh(F.linear(xx + sx * w.maa_x, w.maa_w1)).view(T, 5, -1).transpose(0, 1)
-        mixed = xx + sx * (w.maa_wkvrg.unsqueeze(1) + torch.bmm(lora, w.maa_w2))  # [5, T, C]
+        mixed = xx + sx * (w.maa_wkvrg.unsqueeze(1) + torch.bmm(lora, w.maa_w2.mT))  # [5, T, C]
         wx, kx, vx, rx, gx = mixed.unbind(0)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [T, C] -> [H, T, N] fp32
