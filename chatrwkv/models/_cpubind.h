@@ -103,6 +103,37 @@ static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_off
     return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
 }
 
+/* py_step, py_threads and py_pool of a model module (CAPSULE defined before): MODEL is its
+ * struct (fields `pool` and `V`), N_PTRS how many addresses step takes (the state tensors, then
+ * the logits), STEP(MODEL *, int token, void **ptrs) runs one token without the GIL. */
+#define CK_MODEL_BINDINGS(MODEL, N_PTRS, STEP)                                                 \
+    static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {       \
+        long token;                                                                            \
+        void *ptr[N_PTRS];                                                                     \
+        MODEL *m = ck_step_args(args, nargs, CAPSULE, N_PTRS, &token, ptr);                    \
+        if (!m || !ck_token_ok(token, m->V)) return NULL;                                      \
+        Py_BEGIN_ALLOW_THREADS                                                                 \
+        STEP(m, (int)token, ptr);                                                              \
+        Py_END_ALLOW_THREADS                                                                   \
+        Py_RETURN_NONE;                                                                        \
+    }                                                                                          \
+    static PyObject *py_threads(PyObject *self, PyObject *args) {                              \
+        MODEL *m = ck_arg_model(args, CAPSULE);                                                \
+        return m ? PyLong_FromLong(m->pool.n_threads) : NULL;                                  \
+    }                                                                                          \
+    static PyObject *py_pool(PyObject *self, PyObject *args) {                                 \
+        return ck_py_pool(args, CAPSULE, offsetof(MODEL, pool));                               \
+    }
+
+/* The module NAME (the extension's last name part) with the `methods` table, kernels chosen
+ * for this CPU when it loads. */
+#define CK_MODULE(NAME, DOC)                                                                   \
+    static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, #NAME, DOC, -1, methods};      \
+    PyMODINIT_FUNC PyInit_##NAME(void) {                                                       \
+        ck_init();                                                                             \
+        return PyModule_Create(&module);                                                       \
+    }
+
 /* The methods every model module exports: new_model, step (fastcall), threads, pool,
  * set_simd, kernels (CK_METHOD_LIST: to add more of its own; CK_METHODS: the whole table). */
 #define CK_METHOD_LIST(new_model, step, threads, pool)                                         \

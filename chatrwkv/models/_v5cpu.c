@@ -219,32 +219,12 @@ fail:
 }
 
 /* step(model, token, att_x, wkv, ffn_x, logits): addresses of contiguous fp32 tensors. */
-static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long token;
-    void *ptr[4];
-    V5Model *m = ck_step_args(args, nargs, CAPSULE, 4, &token, ptr);
-    if (!m || !ck_token_ok(token, m->V)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    v5_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3]);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+static void v5_step_ptrs(V5Model *m, int token, void **p) {
+    v5_step(m, token, p[0], p[1], p[2], p[3]);
 }
 
-static PyObject *py_threads(PyObject *self, PyObject *args) {
-    V5Model *m = ck_arg_model(args, CAPSULE);
-    return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
-}
-
-static PyObject *py_pool(PyObject *self, PyObject *args) {
-    return ck_py_pool(args, CAPSULE, offsetof(V5Model, pool));
-}
+CK_MODEL_BINDINGS(V5Model, 4, v5_step_ptrs)
 
 static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v5cpu",
-                                    "RWKV v5 one-token step on the CPU.", -1, methods};
-
-PyMODINIT_FUNC PyInit__v5cpu(void) {
-    ck_init();
-    return PyModule_Create(&module);
-}
+CK_MODULE(_v5cpu, "RWKV v5 one-token step on the CPU.")

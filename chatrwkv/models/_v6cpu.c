@@ -242,32 +242,12 @@ fail:
 }
 
 /* step(model, token, att_x, wkv, ffn_x, logits): addresses of contiguous fp32 tensors. */
-static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long token;
-    void *ptr[4];
-    V6Model *m = ck_step_args(args, nargs, CAPSULE, 4, &token, ptr);
-    if (!m || !ck_token_ok(token, m->V)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    v6_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3]);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+static void v6_step_ptrs(V6Model *m, int token, void **p) {
+    v6_step(m, token, p[0], p[1], p[2], p[3]);
 }
 
-static PyObject *py_threads(PyObject *self, PyObject *args) {
-    V6Model *m = ck_arg_model(args, CAPSULE);
-    return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
-}
-
-static PyObject *py_pool(PyObject *self, PyObject *args) {
-    return ck_py_pool(args, CAPSULE, offsetof(V6Model, pool));
-}
+CK_MODEL_BINDINGS(V6Model, 4, v6_step_ptrs)
 
 static PyMethodDef methods[] = CK_METHODS(py_new_model, py_step, py_threads, py_pool);
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v6cpu",
-                                    "RWKV v6 one-token step on the CPU.", -1, methods};
-
-PyMODINIT_FUNC PyInit__v6cpu(void) {
-    ck_init();
-    return PyModule_Create(&module);
-}
+CK_MODULE(_v6cpu, "RWKV v6 one-token step on the CPU.")

@@ -421,25 +421,11 @@ fail:
 }
 
 /* step(model, token, att_x, wkv, ffn_x, logits): addresses of contiguous fp32 tensors. */
-static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long token;
-    void *ptr[4];
-    V7Model *m = ck_step_args(args, nargs, CAPSULE, 4, &token, ptr);
-    if (!m || !ck_token_ok(token, m->V)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    v7_step(m, (int)token, ptr[0], ptr[1], ptr[2], ptr[3]);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+static void v7_step_ptrs(V7Model *m, int token, void **p) {
+    v7_step(m, token, p[0], p[1], p[2], p[3]);
 }
 
-static PyObject *py_threads(PyObject *self, PyObject *args) {
-    V7Model *m = ck_arg_model(args, CAPSULE);
-    return m ? PyLong_FromLong(m->pool.n_threads) : NULL;
-}
-
-static PyObject *py_pool(PyObject *self, PyObject *args) {
-    return ck_py_pool(args, CAPSULE, offsetof(V7Model, pool));
-}
+CK_MODEL_BINDINGS(V7Model, 4, v7_step_ptrs)
 
 /* time_mix_seq(S, (r, w, k, v, a, g), (k_k, k_a, r_k, ln_x_w, ln_x_b), y, B, T, H, N,
  * threads): _v7wkv.h over T tokens; addresses of contiguous fp32 tensors (S [B, H, N, N] in
@@ -480,10 +466,4 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_v7cpu",
-                                    "RWKV v7 one-token step on the CPU.", -1, methods};
-
-PyMODINIT_FUNC PyInit__v7cpu(void) {
-    ck_init();
-    return PyModule_Create(&module);
-}
+CK_MODULE(_v7cpu, "RWKV v7 one-token step on the CPU.")
