@@ -103,6 +103,31 @@ static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_off
     return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
 }
 
+/* ck_parse_mat's description, which must be [out, in] as given, at a real address; None
+ * gives an empty matrix where `optional`. */
+static inline int ck_parse_mat_as(PyObject *o, CkMat *m, int out, int in, int optional) {
+    if (o == Py_None && optional) {
+        memset(m, 0, sizeof *m);
+        return 1;
+    }
+    if (!ck_parse_mat(o, m)) return 0;
+    if (m->out != out || m->in != in || m->w == NULL) {
+        PyErr_Format(PyExc_ValueError, "matrix is %d x %d, expected %d x %d", m->out, m->in,
+                     out, in);
+        return 0;
+    }
+    return 1;
+}
+
+/* model_free and capsule_free of a model module (CAPSULE defined before): MODEL has `pool`,
+ * `layers` and `buf`, all freed with it. */
+#define CK_MODEL_FREE(MODEL)                                                                   \
+    static void model_free(MODEL *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }       \
+    static void capsule_free(PyObject *cap) {                                                  \
+        MODEL *m = PyCapsule_GetPointer(cap, CAPSULE);                                         \
+        if (m) model_free(m);                                                                  \
+    }
+
 /* py_step, py_threads and py_pool of a model module (CAPSULE defined before): MODEL is its
  * struct (fields `pool` and `V`), N_PTRS how many addresses step takes (the state tensors, then
  * the logits), STEP(MODEL *, int token, void **ptrs) runs one token without the GIL. */

@@ -130,22 +130,12 @@ static void v4_step(V4Model *m, int token, float *att_x, float *att_num, float *
 
 /* ---- Python binding ----------------------------------------------------------------------- */
 
-/* ck_parse_mat's description, which must also be [out, in] as given, at a real address. */
+/* ck_parse_mat's description of the expected [out, in] shape. */
 static int parse_mat(PyObject *o, CkMat *m, int out, int in) {
-    if (!ck_parse_mat(o, m)) return 0;
-    if (m->w == NULL || m->out != out || m->in != in) {
-        PyErr_SetString(PyExc_ValueError, "bad matrix description");
-        return 0;
-    }
-    return 1;
+    return ck_parse_mat_as(o, m, out, in, 0);
 }
 
-static void model_free(V4Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
-
-static void capsule_free(PyObject *cap) {
-    V4Model *m = PyCapsule_GetPointer(cap, CAPSULE);
-    if (m) model_free(m);
-}
+CK_MODEL_FREE(V4Model)
 
 #define N_VECS 11
 #define N_MATS 7

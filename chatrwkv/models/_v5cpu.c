@@ -125,28 +125,11 @@ static void v5_step(V5Model *m, int token, float *att_x, float *wkv, float *ffn_
 
 /* ---- Python binding ----------------------------------------------------------------------- */
 
-/* ck_parse_mat's (address, scale address, dtype, out, in[, group]) of the expected shape;
- * None where `optional` (5.0's absent gate). */
-static int parse_mat(PyObject *o, CkMat *m, int out, int in, int optional) {
-    if (o == Py_None && optional) {
-        memset(m, 0, sizeof *m);
-        return 1;
-    }
-    if (!ck_parse_mat(o, m)) return 0;
-    if (m->out != out || m->in != in || m->w == NULL) {
-        PyErr_Format(PyExc_ValueError, "matrix is %d x %d, expected %d x %d", m->out, m->in,
-                     out, in);
-        return 0;
-    }
-    return 1;
-}
+/* ck_parse_mat's description of the expected shape; None where `optional` (5.0's absent
+ * gate). */
+#define parse_mat ck_parse_mat_as
 
-static void model_free(V5Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
-
-static void capsule_free(PyObject *cap) {
-    V5Model *m = PyCapsule_GetPointer(cap, CAPSULE);
-    if (m) model_free(m);
-}
+CK_MODEL_FREE(V5Model)
 
 #define N_VECS 10
 #define N_MATS 8

@@ -137,23 +137,12 @@ static void v6_step(V6Model *m, int token, float *att_x, float *wkv, float *ffn_
 
 /* ---- Python binding ----------------------------------------------------------------------- */
 
-/* ck_parse_mat's (address, scale address, dtype, out, in[, group]) of the expected shape. */
+/* ck_parse_mat's description of the expected [out, in] shape. */
 static int parse_mat(PyObject *o, CkMat *m, int out, int in) {
-    if (!ck_parse_mat(o, m)) return 0;
-    if (m->out != out || m->in != in || m->w == NULL) {
-        PyErr_Format(PyExc_ValueError, "matrix is %d x %d, expected %d x %d", m->out, m->in,
-                     out, in);
-        return 0;
-    }
-    return 1;
+    return ck_parse_mat_as(o, m, out, in, 0);
 }
 
-static void model_free(V6Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
-
-static void capsule_free(PyObject *cap) {
-    V6Model *m = PyCapsule_GetPointer(cap, CAPSULE);
-    if (m) model_free(m);
-}
+CK_MODEL_FREE(V6Model)
 
 #define N_VECS 12
 #define N_MATS (3 + N_MIX + 8)

@@ -303,12 +303,7 @@ static int parse_mat(PyObject *o, CkMat *m) {
     return 1;
 }
 
-static void model_free(V7Model *m) { ck_free_model(&m->pool, m->layers, m->buf, m); }
-
-static void capsule_free(PyObject *cap) {
-    V7Model *m = PyCapsule_GetPointer(cap, CAPSULE);
-    if (m) model_free(m);
-}
+CK_MODEL_FREE(V7Model)
 
 #define N_VECS 14
 #define N_MATS 14
