@@ -267,6 +267,13 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
 #define CK_PF_AHEAD 4096
 #endif
 #define CK_PF(p) _mm_prefetch((const char *)(p) + CK_PF_AHEAD, _MM_HINT_T1)
+/* Four-row kernels read four consecutive rows side by side: 4 KiB past a row of 1-4 KiB is a
+ * row of the same pass, read already, so half or more of the next pass went unprefetched (an
+ * int8 row of 2048 weights, int4 rows of 4096-8192). They prefetch the same place in the next
+ * pass. */
+#define CK_PF4_AHEAD(row_bytes) \
+    (4 * (size_t)(row_bytes) > CK_PF_AHEAD ? 4 * (size_t)(row_bytes) : (size_t)CK_PF_AHEAD)
+#define CK_PF_AT(p, ahead) _mm_prefetch((const char *)(p) + (ahead), _MM_HINT_T1)
 
 /* ---- AVX2 + FMA ---- */
 
@@ -454,14 +461,15 @@ CK_AVX512 static void ck_dot4_i8_avx512(const int8_t *w, size_t ld, const float 
                                         float *y) {
     __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
     const int8_t *w0 = w, *w1 = w + ld, *w2 = w + 2 * ld, *w3 = w + 3 * ld;
+    const size_t ahead = CK_PF4_AHEAD(ld);
     int i = 0;
 #define CK_LD8(p) ck_i8x16(_mm_loadu_si128((const __m128i *)(p)))
     for (; i + 32 <= n; i += 32) {
         if (!(i & 32)) {
-            CK_PF(w0 + i);
-            CK_PF(w1 + i);
-            CK_PF(w2 + i);
-            CK_PF(w3 + i);
+            CK_PF_AT(w0 + i, ahead);
+            CK_PF_AT(w1 + i, ahead);
+            CK_PF_AT(w2 + i, ahead);
+            CK_PF_AT(w3 + i, ahead);
         }
         __m512 xa = _mm512_loadu_ps(x + i), xb = _mm512_loadu_ps(x + i + 16);
         a0 = _mm512_fmadd_ps(CK_LD8(w0 + i), xa, a0);
@@ -562,6 +570,7 @@ CK_AVX512 static void ck_dot4_i4g32_avx512(const uint8_t *w, size_t row_bytes, c
     float sf[4][64];
     int nb = n / CK_I4_BLOCK;
     const uint8_t *w0 = w, *w1 = w + row_bytes, *w2 = w + 2 * row_bytes, *w3 = w + 3 * row_bytes;
+    const size_t ahead = CK_PF4_AHEAD(row_bytes);
     for (int s0 = 0; s0 < nb; s0 += 16) {  /* 16 blocks: 64 groups */
         int g0 = 4 * s0, cnt = ng - g0 < 64 ? ng - g0 : 64;
         for (int r = 0; r < 4; r++)
@@ -576,7 +585,7 @@ CK_AVX512 static void ck_dot4_i4g32_avx512(const uint8_t *w, size_t row_bytes, c
             int o = 4 * (b - s0);
 #define CK_I4_ROW(wr, sr, a, c)                                                                \
             {                                                                                  \
-                CK_PF(wr + (size_t)b * 64);                                                    \
+                CK_PF_AT(wr + (size_t)b * 64, ahead);                                          \
                 __m512i q = _mm512_loadu_si512((const void *)(wr + (size_t)b * 64));           \
                 for (int t = 0; t < 4; t++) {                                                  \
                     __m512 tab = _mm512_mul_ps(codes, _mm512_set1_ps(sr[o + t]));              \
