@@ -249,18 +249,11 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
         for (int i = 0; i < C; i++) {
             m->w[i] = expf(-DECAY_SCALE * ck_sigmoid(l->w0[i] + m->w[i]));
             m->a[i] = ck_sigmoid(l->a0[i] + m->a[i]);
-            m->kk[i] = m->k[i] * l->k_k[i];
         }
-        for (int h = 0; h < H; h++) {
-            float *kh = m->kk + h * N;
-            float nrm = (float)sqrt(v7_sumsq(kh, N, 0.0));
-            float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
-            for (int j = 0; j < N; j++) kh[j] *= inv;
-        }
-        for (int i = 0; i < C; i++) {
-            m->k[i] *= 1 + (m->a[i] - 1) * l->k_a[i];
-            m->aneg[i] = -m->kk[i];
-            m->b[i] = m->kk[i] * m->a[i];
+        for (int h = 0; h < H; h++) {  /* k becomes k' in place */
+            int o = h * N;
+            v7s_prep(m->k + o, m->a + o, l->k_k + o, l->k_a + o, N, m->kk + o, m->k + o,
+                     m->aneg + o, m->b + o);
         }
         if (li == 0) {
             memcpy(m->v_first, m->v, C * sizeof(float));

@@ -32,8 +32,9 @@ typedef struct {
     int B, T, H, N;
 } V7Seq;
 
-/* A token's per-head inputs of the recurrence, as the one-token step forms them (v7_step):
- * kk = normalize(k * k_k), k' = k (1 + (a - 1) k_a), a' = -kk, b = kk a. */
+/* A token's per-head inputs of the recurrence (here and in the one-token step, v7_step):
+ * kk = normalize(k * k_k), k' = k (1 + (a - 1) k_a), a' = -kk, b = kk a. kk is scratch (left
+ * unnormalized); kp may be k itself. */
 static void v7s_prep(const float *k, const float *a, const float *k_k, const float *k_a,
                      int N, float *kk, float *kp, float *an, float *b) {
     for (int j = 0; j < N; j++) kk[j] = k[j] * k_k[j];
