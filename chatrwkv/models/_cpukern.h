@@ -1066,6 +1066,19 @@ static int ck_phase_add(CkPool *p, const CkMat *m, const float *x, float *dst, i
     return first + t->n_chunks;
 }
 
+/* The receptance-gated channel mix of v4, v5 and v6 from its two mixed inputs:
+ * x += sigmoid(R xr) * (V relu(K xk)^2); hk [F], fr and fv [C] are scratch. */
+static inline void ck_ffn_gated(CkPool *p, const CkMat *R, const CkMat *K, const CkMat *V,
+                                const float *xr, const float *xk, float *hk, float *fr,
+                                float *fv, float *x, int C) {
+    ck_phase_begin(p);
+    ck_phase_add(p, R, xr, fr, EP_SIGMOID);
+    ck_run_phase(p, ck_phase_add(p, K, xk, hk, EP_RELU_SQ));
+    ck_phase_begin(p);
+    ck_run_phase(p, ck_phase_add(p, V, hk, fv, EP_STORE));
+    for (int i = 0; i < C; i++) x[i] += fr[i] * fv[i];
+}
+
 /* ---- small vector helpers (serial: C is a few thousand at most) ------------------------- */
 
 static void ck_layer_norm(const float *x, const float *w, const float *b, float *out, int n,

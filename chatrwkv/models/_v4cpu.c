@@ -116,12 +116,7 @@ static void v4_step(V4Model *m, int token, float *att_x, float *att_num, float *
             xr[i] = lerp(sx[i], xx[i], l->fmix_r[i]);
             sx[i] = xx[i];
         }
-        ck_phase_begin(p);
-        ck_phase_add(p, &l->fK, xk, m->hk, EP_RELU_SQ);
-        ck_run_phase(p, ck_phase_add(p, &l->fR, xr, m->fr, EP_SIGMOID));
-        ck_phase_begin(p);
-        ck_run_phase(p, ck_phase_add(p, &l->fV, m->hk, m->y, EP_STORE));
-        for (int i = 0; i < C; i++) x[i] += m->fr[i] * m->y[i];
+        ck_ffn_gated(p, &l->fR, &l->fK, &l->fV, xr, xk, m->hk, m->fr, m->y, x, C);
     }
     ck_layer_norm(x, m->ln_out_w, m->ln_out_b, xx, C, LN_EPS);
     ck_phase_begin(p);

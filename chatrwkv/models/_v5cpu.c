@@ -111,12 +111,7 @@ static void v5_step(V5Model *m, int token, float *att_x, float *wkv, float *ffn_
             m->xk[i] = lerp(prev[i], xx[i], l->ffn_mix[C + i]);
             prev[i] = xx[i];
         }
-        ck_phase_begin(p);
-        ck_phase_add(p, &l->fR, m->xr, m->fr, EP_SIGMOID);
-        ck_run_phase(p, ck_phase_add(p, &l->fK, m->xk, m->hk, EP_RELU_SQ));
-        ck_phase_begin(p);
-        ck_run_phase(p, ck_phase_add(p, &l->fV, m->hk, m->fv, EP_STORE));
-        for (int i = 0; i < C; i++) x[i] += m->fr[i] * m->fv[i];
+        ck_ffn_gated(p, &l->fR, &l->fK, &l->fV, m->xr, m->xk, m->hk, m->fr, m->fv, x, C);
     }
     ck_layer_norm(x, m->ln_out_w, m->ln_out_b, xx, C, LN_EPS);
     ck_phase_begin(p);

@@ -123,12 +123,7 @@ static void v6_step(V6Model *m, int token, float *att_x, float *wkv, float *ffn_
             xfk[i] = xx[i] + sx[i] * l->fmaa_k[i];
             xfr[i] = xx[i] + sx[i] * l->fmaa_r[i];
         }
-        ck_phase_begin(p);
-        ck_phase_add(p, &l->fR, xfr, m->fr, EP_SIGMOID);
-        ck_run_phase(p, ck_phase_add(p, &l->fK, xfk, m->hk, EP_RELU_SQ));
-        ck_phase_begin(p);
-        ck_run_phase(p, ck_phase_add(p, &l->fV, m->hk, m->fv, EP_STORE));
-        for (int i = 0; i < C; i++) x[i] += m->fr[i] * m->fv[i];
+        ck_ffn_gated(p, &l->fR, &l->fK, &l->fV, xfr, xfk, m->hk, m->fr, m->fv, x, C);
     }
     ck_layer_norm(x, m->ln_out_w, m->ln_out_b, xx, C, LN_EPS);
     ck_phase_begin(p);
