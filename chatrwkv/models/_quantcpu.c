@@ -17,8 +17,6 @@
 /* The GEMM's threads live for one product (ck_pool_begin): products under
  * QG_MIN_PARALLEL_MACS multiply-adds (~50 us on one core) stay on the calling thread. */
 #define QG_MIN_PARALLEL_MACS (1 << 24)
-#define qg_pool_begin ck_pool_begin
-#define qg_pool_end ck_pool_end
 
 /* gemv(matrix, x address, y address[, threads]): y = M x, fp32 [in] -> fp32 [out]; a big
  * matrix (QG_MIN_PARALLEL_WEIGHTS: a head, a 1.5B FFN) on `threads` threads, in 64 KiB chunks
@@ -34,7 +32,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OKK|i", &mat, &x, &y, &threads) || !ck_parse_mat(mat, &m))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    CkPool *pool = qg_pool_begin(threads, (double)m.out * m.in, QG_MIN_PARALLEL_WEIGHTS);
+    CkPool *pool = ck_pool_begin(threads, (double)m.out * m.in, QG_MIN_PARALLEL_WEIGHTS);
     if (pool) {
         ck_phase_begin(pool);
         int total = ck_phase_add(pool, &m, (const float *)(uintptr_t)x, (float *)(uintptr_t)y,
@@ -43,7 +41,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
     } else {
         ck_gemv_rows(&m, (const float *)(uintptr_t)x, (float *)(uintptr_t)y, EP_STORE, 0, m.out);
     }
-    qg_pool_end(pool);
+    ck_pool_end(pool);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -104,10 +102,10 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    CkPool *pool = qg_pool_begin(threads, (double)T * m.out * m.in, QG_MIN_PARALLEL_MACS);
+    CkPool *pool = ck_pool_begin(threads, (double)T * m.out * m.in, QG_MIN_PARALLEL_MACS);
     rc = qg_gemm(&m, (const float *)(uintptr_t)x, T, (float *)(uintptr_t)y,
                  (const int32_t *)(uintptr_t)wsum, pool);
-    qg_pool_end(pool);
+    ck_pool_end(pool);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -178,10 +176,10 @@ static PyObject *py_bgemm(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    CkPool *pool = qg_pool_begin(threads, (double)T * out * in, BG_MIN_PARALLEL_MACS);
+    CkPool *pool = ck_pool_begin(threads, (double)T * out * in, BG_MIN_PARALLEL_MACS);
     rc = bg_gemm((const uint16_t *)(uintptr_t)w, out, in, (const float *)(uintptr_t)x, T,
                  (float *)(uintptr_t)y, pool);
-    qg_pool_end(pool);
+    ck_pool_end(pool);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
