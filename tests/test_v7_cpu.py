@@ -72,10 +72,12 @@ def test_int4_step_equals_dequantized_twin(ckpt_path, simd):
 @pytest.mark.parametrize("dtype", ["fp32", "int4"])
 def test_thread_counts_give_identical_results(ckpt_path, dtype):
     # Every output element is one thread's dot product, whichever thread takes its chunk (int4:
-    # chunks are whole fours of rows, so a row takes the same kernel at any thread count).
+    # chunks are whole fours of rows, so a row takes the same kernel at any thread count). The
+    # pool deals chunks out of n contiguous runs (ck_chunk_order): a chunk run twice or never
+    # would change the logits at some n.
     m = load_model(ckpt_path, device="cpu", dtype=dtype)
     results = []
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 4):
         step = v7_cpu.build(m, n_threads=n)
         assert step.n_threads == n
         results.append(steps(step.step, m, TOKENS[:8]))

@@ -271,8 +271,12 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
  * row of the same pass, read already, so half or more of the next pass went unprefetched (an
  * int8 row of 2048 weights, int4 rows of 4096-8192). They prefetch the same place in the next
  * pass. */
-#define CK_PF4_AHEAD(row_bytes) \
-    (4 * (size_t)(row_bytes) > CK_PF_AHEAD ? 4 * (size_t)(row_bytes) : (size_t)CK_PF_AHEAD)
+#ifndef CK_PF4_PASSES
+#define CK_PF4_PASSES 1
+#endif
+#define CK_PF4_AHEAD(row_bytes)                                                              \
+    (CK_PF4_PASSES * 4 * (size_t)(row_bytes) > CK_PF_AHEAD ? CK_PF4_PASSES * 4 * (size_t)(row_bytes) \
+                                                           : (size_t)CK_PF_AHEAD)
 #define CK_PF_AT(p, ahead) _mm_prefetch((const char *)(p) + (ahead), _MM_HINT_T1)
 
 /* ---- AVX2 + FMA ---- */
@@ -864,6 +868,27 @@ static void ck_run_chunk(const CkPhase *ph, int chunk) {
     }
 }
 
+/* The chunk that ticket k of `total` runs on a pool of n threads: the chunks are split into n
+ * contiguous runs and the tickets deal them out in turn (k = 0, 1 are the starts of runs 0
+ * and 1, k = 2, 3 their second chunks, ...). Threads that take tickets in turn, as two equal
+ * threads do, each stream through one run of rows, where each chunk's look-ahead prefetch
+ * (past its last rows) fetches the start of that thread's next chunk; dealt in plain order,
+ * the next rows were the other thread's, and every chunk started with cold misses.
+ * A bijection for any total: a thread that takes two tickets in a row only jumps runs. */
+static inline int ck_chunk_order(int k, int total, int n) {
+    if (n < 2 || total <= n) return k;
+    int q = total / n, r = total % n;
+    int i, s;
+    if (k < q * n) {
+        i = k / n;
+        s = k % n;
+    } else {
+        i = q;
+        s = k - q * n;  /* the last chunk of one of the first r runs */
+    }
+    return s * q + (s < r ? s : r) + i;
+}
+
 /* Takes and runs chunks of the current phase until none is left; returns how many it ran. */
 static int ck_work(CkPool *p) {
     int ran = 0;
@@ -874,7 +899,7 @@ static int ck_work(CkPool *p) {
                                          __ATOMIC_ACQUIRE))
             continue;
         /* The phase cannot end (nor its descriptor change) before this chunk is done. */
-        ck_run_chunk(&p->phase, CK_NEXT(t));
+        ck_run_chunk(&p->phase, ck_chunk_order(CK_NEXT(t), CK_TOTAL(t), p->n_threads));
         __atomic_add_fetch(&p->done, 1, __ATOMIC_RELEASE);
         ran++;
     }
