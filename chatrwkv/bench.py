@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,12 +218,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "warmup": "one untimed prefill of the prompt and two decode steps",
                 "measures": MEASURES}
     report: dict[str, Any] = {"machine": _machine(device), "protocol": protocol, "models": []}
-    if device.type == "cpu":
-        from .membw import read_bandwidth
-
-        _progress("memory read bandwidth")
-        torch.set_num_threads(args.threads)
-        report["machine"]["read_bytes_s"] = read_bandwidth()
+    bandwidth = _Bandwidth(args.threads) if device.type == "cpu" else None
+    if bandwidth:
+        report["machine"]["read_bytes_s"] = bandwidth.now()
     for spec in args.models:
         facts = _model_facts(_resolve(spec))
         gen = torch.Generator().manual_seed(args.seed)
@@ -233,10 +230,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results = []
         for dtype in dtypes:
             _progress(f"chatrwkv {dtype or '(default dtype)'} on {facts['path']}")
-            results.append(_run_worker({**base, "engine": "chatrwkv", "device": str(device),
-                                        "dtype": dtype, "chunk_len": args.chunk_len,
-                                        "label": f"chatrwkv {dtype or 'default'}"},
-                                       args.busy))
+            spec = {**base, "engine": "chatrwkv", "device": str(device), "dtype": dtype,
+                    "chunk_len": args.chunk_len, "label": f"chatrwkv {dtype or 'default'}"}
+            results.append(bandwidth.around(lambda: _run_worker(spec, args.busy))
+                           if bandwidth else _run_worker(spec, args.busy))
         if args.reference:
             _progress(f"official {strategy} on {facts['path']}")
             ref_spec = {**base, "engine": "official", "strategy": strategy,
@@ -252,6 +249,31 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     r["vs_reference"] = _compare(r, ref)
         report["models"].append({**facts, "results": results})
     return report
+
+
+class _Bandwidth:
+    """The machine's read bandwidth, measured before and after each engine's run: a shared
+    machine's speed drifts by tens of percent within minutes, so one figure taken at the start
+    made the decode/bw ratio of later runs as noisy as the drift. A run's ratio uses the mean
+    of the two measurements around it (the one after a run is the next run's before)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.last: float | None = None
+
+    def now(self) -> float:
+        from .membw import read_bandwidth
+
+        _progress("memory read bandwidth")
+        torch.set_num_threads(self.threads)
+        self.last = read_bandwidth()
+        return self.last
+
+    def around(self, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        before = self.last if self.last is not None else self.now()
+        result = run()
+        result["read_bytes_s"] = (before + self.now()) / 2
+        return result
 
 
 def _progress(text: str) -> None:

@@ -34,7 +34,7 @@ def render(report: dict[str, Any], file: TextIO | None = None) -> None:
         f"{p['threads']} thread(s); {_busy(p)}{m.get('gpu') or m['cpu']}; torch {m['torch']}; "
         f"{p['measures']}; RSS/w: peak "
         "RSS / weight bytes; own/w: (peak RSS - RSS before loading) / weight bytes"
-        + _bandwidth_caption(m)))
+        + _bandwidth_caption(report)))
     versus = Table(title="chatrwkv / official (speed: higher is better; load, RSS: lower)")
     # RSS/w counts the interpreter and torch (~220 MiB here) too; own/w leaves out what the
     # process held before loading: the engine's own share.
@@ -92,8 +92,15 @@ def _times(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def _bandwidth_caption(machine: dict[str, Any]) -> str:
-    bw = machine.get("read_bytes_s")
+def _bandwidth_caption(report: dict[str, Any]) -> str:
+    runs = [r["read_bytes_s"] for m in report["models"] for r in m["results"]
+            if r.get("read_bytes_s")]
+    if runs:  # measured around each run (bench._Bandwidth)
+        lo, hi = min(runs) / 1e9, max(runs) / 1e9
+        span = f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
+        return (f"; decode/bw: decode tok/s / (memory read {span} GB/s, measured before and "
+                "after each run / bytes a token reads)")
+    bw = report["machine"].get("read_bytes_s")
     if not bw:
         return ""
     return (f"; decode/bw: decode tok/s / (memory read {bw / 1e9:.1f} GB/s / bytes a token "
@@ -101,8 +108,9 @@ def _bandwidth_caption(machine: dict[str, Any]) -> str:
 
 
 def _bandwidth_ratio(r: dict[str, Any], machine: dict[str, Any]) -> str:
-    """Decode speed as a fraction of what the measured bandwidth allows for its bytes."""
-    bw, nbytes = machine.get("read_bytes_s"), r.get("decode_bytes")
+    """Decode speed as a fraction of what the measured bandwidth allows for its bytes: the
+    bandwidth measured around this run where there is one, else the machine's."""
+    bw, nbytes = r.get("read_bytes_s") or machine.get("read_bytes_s"), r.get("decode_bytes")
     if not bw or not nbytes:
         return "-"
     return f"{r['decode_tok_s']['median'] / (bw / nbytes):.2f}"

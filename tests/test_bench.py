@@ -145,3 +145,33 @@ def test_make_checkpoints_lists_the_official_sizes(capsys):
     assert "v7-0.1b" in listed and "L12 D768" in listed
     with pytest.raises(SystemExit):
         module.main(["v7-9000b"])
+
+
+def test_decode_bandwidth_ratio_uses_the_bandwidth_measured_around_each_run(v7_path, monkeypatch,
+                                                                           capsys):
+    # A shared machine's bandwidth drifts within minutes: each run's decode/bw divides by the
+    # mean of the measurements just before and just after it, the one after being the next
+    # run's before; the first also stands for the machine.
+    from chatrwkv import membw
+
+    readings = iter([10e9, 20e9, 40e9, 99e9])
+    monkeypatch.setattr(membw, "read_bandwidth", lambda: next(readings))
+
+    def fake_worker(spec, busy=0):
+        return {"engine": spec["engine"], "label": spec["label"], "load_s": 0.1,
+                "weight_bytes": 1000, "state_bytes": 4096, "rss_baseline_bytes": 10,
+                "rss_peak_bytes": 2000, "prefill_tok_s": {"median": 50.0, "min": 50.0,
+                "max": 50.0}, "decode_tok_s": {"median": 3.0, "min": 3.0, "max": 3.0},
+                "decode_ids": [1], "decode_bytes": 3e9}
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    report = bench.run_bench(bench.build_parser().parse_args(
+        [str(v7_path), "--dtype", "fp32,int8", *FAST]))
+    assert report["machine"]["read_bytes_s"] == 10e9
+    a, b = report["models"][0]["results"]
+    assert (a["read_bytes_s"], b["read_bytes_s"]) == (15e9, 30e9)
+    bench.render(report)
+    out = " ".join(capsys.readouterr().out.split())
+    # 3 tok/s x 3 GB a token over 15 GB/s, then over 30 GB/s
+    assert "0.60" in out and "0.30" in out
+    assert "memory read 15.0-30.0 GB/s, measured before and after each run" in out
