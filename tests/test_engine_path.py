@@ -162,7 +162,7 @@ def test_stalled_pool_runs_phases_alone_with_the_same_logits(v7_path):
 
     # Every phase now counts as a stall (a wait of >= 0 ns): the first runs in parallel, then
     # the caller runs the rest alone for the solo time.
-    pooled.pool(stall_ns=0, solo_ns=10**12)
+    pooled.pool(stall_ns=0, solo_ns=10**12, solo_first_ns=10**12)
     assert torch.equal(pooled.step(4, a), alone.step(4, b))
     after = pooled.pool()
     assert after.phases - counts.phases == phases_per_step
@@ -175,6 +175,18 @@ def test_stalled_pool_runs_phases_alone_with_the_same_logits(v7_path):
     last = pooled.pool()
     assert last.stalls - after.stalls == phases_per_step
     assert last.solo_phases == after.solo_phases
+
+    # Stalls in a row double the solo time from its first length (1 ns): after ~40 stalls it
+    # outlasts any test run, and every later phase runs alone; without the doubling each solo
+    # time would end at once and every phase stall. Steps take far less than the 50 ms window.
+    pooled.pool(stall_ns=0, solo_ns=10**12, solo_first_ns=1)
+    for token in range(6, 26):
+        assert torch.equal(pooled.step(token, a), alone.step(token, b))
+    ramp = pooled.pool()
+    phases = ramp.phases - last.phases
+    assert phases == 20 * phases_per_step
+    assert ramp.stalls - last.stalls <= 45 < phases // 2
+    assert ramp.solo_phases - last.solo_phases == phases - (ramp.stalls - last.stalls)
 
 
 def test_banner_names_the_engine_path():

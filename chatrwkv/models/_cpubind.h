@@ -88,18 +88,20 @@ static inline PyObject *ck_py_kernels(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(names[ck_isa]);
 }
 
-/* pool(model[, stall_ns, solo_ns]): sets the pool's stall / solo times where given (>= 0);
+/* pool(model[, stall_ns, solo_ns, solo_first_ns]): sets the pool's stall time, longest and
+ * first solo time where given (>= 0);
  * returns (threads, phases, phases run by the caller alone, stalls). */
 static PyObject *ck_py_pool(PyObject *args, const char *capsule, size_t pool_offset) {
     PyObject *cap;
-    long long stall = -1, solo = -1;
-    if (!PyArg_ParseTuple(args, "O|LL", &cap, &stall, &solo)) return NULL;
+    long long stall = -1, solo = -1, first = -1;
+    if (!PyArg_ParseTuple(args, "O|LLL", &cap, &stall, &solo, &first)) return NULL;
     char *m = PyCapsule_GetPointer(cap, capsule);
     if (!m) return NULL;
     CkPool *p = (CkPool *)(m + pool_offset);
     if (stall >= 0) p->stall_ns = (long)stall;
     if (solo >= 0) p->solo_ns = (long)solo;
-    if (stall >= 0 || solo >= 0) p->solo_until = 0;
+    if (first >= 0) p->solo_first_ns = (long)first;
+    if (stall >= 0 || solo >= 0 || first >= 0) p->solo_until = p->solo_end = p->solo_len = 0;
     return Py_BuildValue("(illl)", p->n_threads, p->n_phases, p->n_solo, p->n_stalls);
 }
 

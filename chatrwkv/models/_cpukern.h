@@ -803,15 +803,22 @@ static inline void ck_i4_dequant_rows(const CkMat *m, int r0, int r1, void *out,
  * worker that took a chunk and was then descheduled makes the caller wait for it, a whole time
  * slice (milliseconds) for a phase that takes microseconds. The caller yields while it waits,
  * so a worker sharing its core can finish, and a wait that long (`stall_ns`) makes it run the
- * next phases alone for `solo_ns` (the workers, unfed, go to sleep), then try the pool again:
- * on a quiet machine no wait comes near it and every phase runs in parallel.
+ * next phases alone for a while (the workers, unfed, go to sleep), then try the pool again.
+ * That while starts at `solo_first_ns` and doubles, up to `solo_ns`, with each stall that
+ * comes within CK_SOLO_WINDOW_NS of the last solo time's end: a busy machine stalls again at
+ * once and soon runs alone for the whole `solo_ns`, while a quiet one (a shared VM whose
+ * threads are still descheduled now and then: a stall every few hundred ms was measured on a
+ * 1.5B decode) loses a couple of ms at half speed per stall. A fixed 100 ms made each such
+ * stall cost ~2 tokens at half speed (1.5B int4 decode 14.5 -> 17+ tok/s with the ramp).
  */
 
 #define CK_MAX_TASKS 8
 #define CK_MAX_THREADS 64
 #define CK_SPIN_NS 2000000L  /* how long an idle worker spins before it sleeps */
 #define CK_STALL_NS 300000L  /* a straggler wait this long: a worker was descheduled */
-#define CK_SOLO_NS 100000000L /* then the caller runs phases alone this long */
+#define CK_SOLO_NS 100000000L /* then the caller runs phases alone at most this long */
+#define CK_SOLO_FIRST_NS 2000000L /* ... first this long, doubling with each stall that */
+#define CK_SOLO_WINDOW_NS 50000000L /* comes this soon after the last solo time ended */
 
 typedef struct CkPhase CkPhase;
 typedef void (*CkChunkFn)(const CkPhase *ph, int chunk);
@@ -837,8 +844,9 @@ typedef struct {
     int n_threads;         /* workers + the caller */
     int stop;
     int sleeping;          /* atomic: workers waiting on `wake` */
-    long stall_ns, solo_ns;  /* CK_STALL_NS, CK_SOLO_NS (tests change them) */
+    long stall_ns, solo_ns, solo_first_ns;  /* CK_STALL_NS, CK_SOLO_NS, CK_SOLO_FIRST_NS */
     long solo_until;       /* the caller runs phases alone until then (0: not) */
+    long solo_len, solo_end;  /* the last solo time's length and end (ns) */
     long n_phases, n_solo, n_stalls;  /* counts, for tests and tuning */
     pthread_mutex_t mu;
     pthread_cond_t wake;
@@ -952,6 +960,7 @@ static int ck_pool_start(CkPool *p, int n_threads) {
     pthread_cond_init(&p->wake, NULL);
     p->stall_ns = CK_STALL_NS;
     p->solo_ns = CK_SOLO_NS;
+    p->solo_first_ns = CK_SOLO_FIRST_NS;
     p->n_threads = 1;
     for (int i = 1; i < n_threads; i++) {
         if (pthread_create(&p->threads[i], NULL, ck_worker, p) != 0) break;
@@ -1001,8 +1010,13 @@ static void ck_run_phase(CkPool *p, int total) {
         waited = ck_now_ns() - t0;
     }
     if (waited >= p->stall_ns) {  /* stall_ns 0: every phase (tests) */
+        long now = ck_now_ns(), len = p->solo_first_ns;
         p->n_stalls++;
-        p->solo_until = ck_now_ns() + p->solo_ns;
+        if (p->solo_end && now - p->solo_end < CK_SOLO_WINDOW_NS)  /* stalled again: busy */
+            len = p->solo_len > len / 2 ? 2 * p->solo_len : len;
+        if (len > p->solo_ns) len = p->solo_ns;
+        p->solo_len = len;
+        p->solo_until = p->solo_end = now + len;
     }
 }
 

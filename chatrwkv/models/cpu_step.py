@@ -126,11 +126,13 @@ class CpuStep:
     def n_threads(self) -> int:
         return self._module.threads(self.handle)
 
-    def pool(self, stall_ns: int | None = None, solo_ns: int | None = None) -> PoolCounts:
+    def pool(self, stall_ns: int | None = None, solo_ns: int | None = None,
+             solo_first_ns: int | None = None) -> PoolCounts:
         """The pool's counts; with arguments, first set how long a wait for a worker counts
-        as a stall and how long the caller then runs phases alone (`_cpukern.h`)."""
-        args = () if stall_ns is None and solo_ns is None else (
-            -1 if stall_ns is None else stall_ns, -1 if solo_ns is None else solo_ns)
+        as a stall, and the longest and the first time the caller then runs phases alone
+        (`_cpukern.h`; None: unchanged)."""
+        given = (stall_ns, solo_ns, solo_first_ns)
+        args = () if given == (None, None, None) else tuple(-1 if v is None else v for v in given)
         return PoolCounts(*self._module.pool(self.handle, *args))
 
     def accepts(self, state: Any) -> bool:
