@@ -200,6 +200,46 @@ static void v7_de_mix(V7Model *m, int li, const float *x) {
 
 /* ---- one token ---------------------------------------------------------------------------- */
 
+/* Decay and in-context learning rate of C channels in place: w = exp(-DECAY_SCALE sigmoid(w0 +
+ * w)), a = sigmoid(a0 + a); then the value residual v += (v_first - v) sigmoid(v0 + vl) where
+ * v0 is given (layers after the first). AVX-512 lanes (ck_exp_avx512), the rest in scalar. */
+#if CK_X86
+CK_AVX512 static int v7_rates_avx512(float *w, float *a, const float *w0, const float *a0,
+                                     float *v, const float *v_first, const float *v0,
+                                     const float *vl, int C) {
+    const __m512 scale = _mm512_set1_ps(-DECAY_SCALE);
+    int i = 0;
+    for (; i + 16 <= C; i += 16) {
+        __m512 sw = ck_sigmoid_avx512(_mm512_add_ps(_mm512_loadu_ps(w0 + i),
+                                                    _mm512_loadu_ps(w + i)));
+        _mm512_storeu_ps(w + i, ck_exp_avx512(_mm512_mul_ps(scale, sw)));
+        _mm512_storeu_ps(a + i, ck_sigmoid_avx512(_mm512_add_ps(_mm512_loadu_ps(a0 + i),
+                                                                _mm512_loadu_ps(a + i))));
+        if (v0) {
+            __m512 vi = _mm512_loadu_ps(v + i);
+            __m512 mix = ck_sigmoid_avx512(_mm512_add_ps(_mm512_loadu_ps(v0 + i),
+                                                         _mm512_loadu_ps(vl + i)));
+            _mm512_storeu_ps(v + i, _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(v_first + i), vi),
+                                                    mix, vi));
+        }
+    }
+    return i;
+}
+#endif
+
+static void v7_rates(float *w, float *a, const float *w0, const float *a0, float *v,
+                     const float *v_first, const float *v0, const float *vl, int C) {
+    int i = 0;
+#if CK_X86
+    if (ck_isa >= CK_ISA_AVX512) i = v7_rates_avx512(w, a, w0, a0, v, v_first, v0, vl, C);
+#endif
+    for (; i < C; i++) {
+        w[i] = expf(-DECAY_SCALE * ck_sigmoid(w0[i] + w[i]));
+        a[i] = ck_sigmoid(a0[i] + a[i]);
+        if (v0) v[i] += (v_first[i] - v[i]) * ck_sigmoid(v0[i] + vl[i]);
+    }
+}
+
 static void v7_token_shift(float *prev, const float *xx, float *dx, int C) {
     for (int i = 0; i < C; i++) {
         dx[i] = prev[i] - xx[i];
@@ -245,21 +285,13 @@ static void v7_step(V7Model *m, int token, float *att_x, float *wkv, float *ffn_
         ck_phase_add(p, &l->a2, m->ha, m->a, EP_STORE);
         ck_phase_add(p, &l->g2, m->hg, m->g, EP_STORE);
         ck_run_phase(p, ck_phase_add(p, &l->v2, m->hv, m->vl, EP_STORE));
-        /* decay, in-context learning rate, normalized key, value residual */
-        for (int i = 0; i < C; i++) {
-            m->w[i] = expf(-DECAY_SCALE * ck_sigmoid(l->w0[i] + m->w[i]));
-            m->a[i] = ck_sigmoid(l->a0[i] + m->a[i]);
-        }
+        /* decay, in-context learning rate, value residual, normalized key */
+        if (li == 0) memcpy(m->v_first, m->v, C * sizeof(float));
+        v7_rates(m->w, m->a, l->w0, l->a0, m->v, m->v_first, li ? l->v0 : NULL, m->vl, C);
         for (int h = 0; h < H; h++) {  /* k becomes k' in place */
             int o = h * N;
             v7s_prep(m->k + o, m->a + o, l->k_k + o, l->k_a + o, N, m->kk + o, m->k + o,
                      m->aneg + o, m->b + o);
-        }
-        if (li == 0) {
-            memcpy(m->v_first, m->v, C * sizeof(float));
-        } else {
-            for (int i = 0; i < C; i++)
-                m->v[i] += (m->v_first[i] - m->v[i]) * ck_sigmoid(l->v0[i] + m->vl[i]);
         }
         /* the WKV update, one chunk per head */
         m->S = wkv + (size_t)li * H * N * N;
