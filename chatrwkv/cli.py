@@ -7,12 +7,13 @@ import importlib
 import os
 import shlex
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 from . import __version__
 from .commands import check_temperature, check_top_p
 from .errors import ChatRWKVError
+from .typeahead import quiet_keys
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
@@ -272,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_openmp(os.environ)  # first: the parser's defaults already import torch
     if argv and argv[0] in SUBCOMMANDS:
         return _dispatch(argv[0], argv)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return _chat(argv, interactive=False, give_back_echo=lambda: None)
+    # Keys typed while chatrwkv starts (torch's import, the model's load) are not echoed where
+    # the cursor happens to be: they wait, unseen, for the first prompt, which shows them once.
+    # The terminal's echo showed them twice ("hello thereRomeo: hello there"). The prompt
+    # itself runs in raw mode, so the echo's absence changes nothing there.
+    with quiet_keys() as give_back_echo:
+        return _chat(argv, interactive=True, give_back_echo=give_back_echo)
+
+
+def _chat(argv: list[str], interactive: bool, give_back_echo: Callable[[], None]) -> int:
+    """The chat (not a subcommand), in a terminal or piped."""
     args = build_parser().parse_args(argv)
     from . import ui
     from .defaults import DEMO_BANNER, DEMO_MODEL, DEMO_PROMPT
@@ -285,9 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = args.prompt or DEMO_PROMPT
         ui.print_note(DEMO_BANNER)
 
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if interactive and args.prompt and not args.resume:
-        return _chat_while_loading(args, resume_command(model_given))
+        return _chat_while_loading(args, resume_command(model_given), give_back_echo)
     try:
         session = build_session(args, _resolve_model(args.model))
     except ChatRWKVError as e:
@@ -300,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                   show_thinking=args.show_thinking, verbose=args.verbose)
 
 
-def _chat_while_loading(args: argparse.Namespace, resume: str) -> int:
+def _chat_while_loading(args: argparse.Namespace, resume: str,
+                        give_back_echo: Callable[[], None]) -> int:
     """The terminal chat when its prompt is known before the model (the demo model, --prompt):
     the prompt shows at once and the model loads on a thread (torch's import and the load are
     most of a start); the first command waits for it (see backgroundload.py). Piped mode never
@@ -327,5 +340,6 @@ def _chat_while_loading(args: argparse.Namespace, resume: str) -> int:
         # thread still importing torch must not meet the interpreter's shutdown
         sys.stdout.flush()
         sys.stderr.flush()
+        give_back_echo()  # no `finally` runs past os._exit
         os._exit(code)
     return code

@@ -183,6 +183,51 @@ def test_keys_typed_during_a_reply_wait_for_the_next_prompt(tmp_path):
     assert child.exitstatus == 0
 
 
+def test_keys_typed_while_the_chat_starts_show_once_at_the_first_prompt(tmp_path):
+    # The real command on the demo model: keys typed once chatrwkv runs but before its prompt
+    # (torch's import, the model's load) are not echoed by the terminal where the cursor is;
+    # the prompt shows them once ("hello thereRomeo: hello there" before), ready to send, and
+    # the terminal's echo is back after the chat, also when it leaves before the model loaded.
+    child = pexpect.spawn(sys.executable, ["-m", "chatrwkv", "--no-autosave"],
+                          env=env_for(tmp_path), encoding="utf-8", timeout=60,
+                          dimensions=(40, 160))
+    child.expect("tiny demo model")
+    child.send("hello there")
+    child.expect("Romeo:")
+    assert "hello" not in child.before
+    child.expect_exact("hello there")
+    child.sendintr()  # Ctrl-C clears the line
+    child.expect("Romeo:")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_the_terminal_echo_is_back_after_the_chat():
+    # quiet_keys' restore, as the chat uses it around its start and on its os._exit path.
+    import termios
+
+    from chatrwkv.typeahead import quiet_keys
+
+    leader, follower = os.openpty()
+    try:
+        with os.fdopen(os.dup(follower), "r") as tty:
+            lflag = termios.tcgetattr(follower)[3]
+            assert lflag & termios.ECHO
+            with quiet_keys(tty) as give_back:
+                assert not termios.tcgetattr(follower)[3] & termios.ECHO
+                give_back()  # at once (before os._exit)
+                assert termios.tcgetattr(follower)[3] == lflag
+                attrs = termios.tcgetattr(follower)
+                attrs[3] &= ~termios.ECHO  # off again: leaving the block gives it back too
+                termios.tcsetattr(follower, termios.TCSANOW, attrs)
+            assert termios.tcgetattr(follower)[3] == lflag
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
 def test_ctrl_d_in_a_block_cancels_the_block_not_the_chat(tmp_path):
     child = spawn(tmp_path)
     child.expect("User:")
