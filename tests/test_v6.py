@@ -245,3 +245,28 @@ def test_cuda_matches_cpu_fp32(tmp_path, prompt, dtype):
     tol = 0.1 if dtype == "fp16" else 0.3
     for got in (seq, rnn, ref_logits.cpu()):
         assert (got - want).abs().max() < tol
+
+
+V6_LORAS = ("maa_w1", "maa_w2", "decay_w1", "decay_w2")
+
+
+def _v6_loras(model):
+    return [getattr(att, n) for att, _, _ in model.layers for n in V6_LORAS]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_cpu_lora_matrices_stay_bf16_with_fp32_activations(ckpt_path, dtype):
+    # As v7's: the file's bf16 LoRAs kept as they are next to 16-bit or narrower weights, and
+    # widened in every product (they were ~9% of an int4 token's bytes at 1.6B in fp32).
+    from tests.cpu_step_helpers import check_bf16_loras
+
+    def upcast(twin):
+        twin.layers = [(att._replace(**{n: getattr(att, n).float() for n in V6_LORAS}),
+                        ffn, tuned) for att, ffn, tuned in twin.layers]
+
+    check_bf16_loras(ckpt_path, dtype, _v6_loras, upcast, 2e-5)
+
+
+def test_fp32_keeps_fp32_lora_matrices(ckpt_path):
+    model = load_model(ckpt_path, device="cpu", dtype="fp32")
+    assert all(t.dtype == torch.float32 for t in _v6_loras(model))

@@ -29,7 +29,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v6_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .bf16gemm import bf16_linear
+from .bf16gemm import bf16_linear, lora_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
@@ -209,6 +209,11 @@ class RWKV6(RWKVModel):
             t = ckpt.expect_shape(key, shape).to(device=dev, dtype=dtype)
             return (t * scale if scale != 1.0 else t).contiguous()
 
+        # The LoRA matrices stay bf16 (as official files hold them) on the CPU next to bf16,
+        # int8 and int4 weights, as v7's do: every product widens them (lora_linear, the C
+        # step's bf16 kernel), so the activations stay fp32.
+        narrow = self.dtype_name in ("bf16", "int8", "int4")
+        lora = torch.bfloat16 if dev.type == "cpu" and narrow else cd
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
         # huge-page memory the C one-token step streams the big matrices from (CPU only)
         arena = v6_cpu.arena(cfg, self.dtype_name, self.dtype, dev)
@@ -250,10 +255,10 @@ class RWKV6(RWKVModel):
                 ln_w=vec(p + "ln1.weight"), ln_b=vec(p + "ln1.bias"),
                 maa_x=vec(a + "time_maa_x"),
                 maa_wkvrg=torch.stack([vec(a + f"time_maa_{m}") for m in "wkvrg"]),
-                maa_w1=mat(a + "time_maa_w1", (C, 5 * D)).t().contiguous(),
-                maa_w2=mat(a + "time_maa_w2", (5, D, C)).mT.contiguous(),
-                decay_w1=mat(a + "time_decay_w1", (C, Dd)).t().contiguous(),
-                decay_w2=mat(a + "time_decay_w2", (Dd, C)).t().contiguous(),
+                maa_w1=mat(a + "time_maa_w1", (C, 5 * D), lora).t().contiguous(),
+                maa_w2=mat(a + "time_maa_w2", (5, D, C), lora).mT.contiguous(),
+                decay_w1=mat(a + "time_decay_w1", (C, Dd), lora).t().contiguous(),
+                decay_w2=mat(a + "time_decay_w2", (Dd, C), lora).t().contiguous(),
                 time_decay=vec(a + "time_decay", torch.float32),
                 time_first=mat(a + "time_faaaa", (H, N), torch.float32),
                 receptance=big(a + "receptance.weight", (C, C)),
@@ -344,14 +349,16 @@ class RWKV6(RWKVModel):
         xx = F.layer_norm(x, x.shape, w.ln_w, w.ln_b)
         sx = state.att_x[i].to(xx.dtype) - xx
         state.att_x[i] = xx
-        lora = torch.tanh(F.linear(xx + sx * w.maa_x, w.maa_w1)).view(5, 1, -1)
-        mixed = xx + sx * (w.maa_wkvrg + torch.bmm(lora, w.maa_w2.mT).view(5, -1))  # [5, C]
+        lora = torch.tanh(lora_linear(xx + sx * w.maa_x, w.maa_w1)).view(5, 1, -1)
+        maa_w2 = w.maa_w2.to(lora.dtype)
+        mixed = xx + sx * (w.maa_wkvrg + torch.bmm(lora, maa_w2.mT).view(5, -1))  # [5, C]
         wx, kx, vx, rx, gx = mixed.unbind(0)
         r = _mv(rx, w.receptance).float().view(H, N)
         k = _mv(kx, w.key).float().view(H, N)
         v = _mv(vx, w.value).float().view(H, N)
         g = F.silu(_mv(gx, w.gate))
-        decay = w.time_decay + F.linear(torch.tanh(F.linear(wx, w.decay_w1)), w.decay_w2).float()
+        decay = w.time_decay + lora_linear(torch.tanh(lora_linear(wx, w.decay_w1)),
+                                           w.decay_w2).float()
         decay = torch.exp(-torch.exp(decay)).view(H, N, 1)
 
         s = state.wkv[i]  # [H, N_k, N_v], advanced in place
@@ -377,8 +384,9 @@ class RWKV6(RWKVModel):
         xx = F.layer_norm(x, (C,), w.ln_w, w.ln_b)
         sx = torch.cat((state.att_x[i].to(xx.dtype).unsqueeze(0), xx[:-1])) - xx
         state.att_x[i] = xx[-1]
-        lora = torch.tanh(F.linear(xx + sx * w.maa_x, w.maa_w1)).view(T, 5, -1).transpose(0, 1)
-        mixed = xx + sx * (w.maa_wkvrg.unsqueeze(1) + torch.bmm(lora, w.maa_w2.mT))  # [5, T, C]
+        lora = torch.tanh(lora_linear(xx + sx * w.maa_x, w.maa_w1)).view(T, 5, -1).transpose(0, 1)
+        maa_w2 = w.maa_w2.to(lora.dtype)
+        mixed = xx + sx * (w.maa_wkvrg.unsqueeze(1) + torch.bmm(lora, maa_w2.mT))  # [5, T, C]
         wx, kx, vx, rx, gx = mixed.unbind(0)
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # [T, C] -> [H, T, N] fp32
@@ -386,8 +394,8 @@ class RWKV6(RWKVModel):
 
         r, k, v = heads(_mm(rx, w.receptance)), heads(_mm(kx, w.key)), heads(_mm(vx, w.value))
         g = F.silu(_mm(gx, w.gate))
-        w_log = -torch.exp(w.time_decay + F.linear(torch.tanh(F.linear(wx, w.decay_w1)),
-                                                   w.decay_w2).float())
+        w_log = -torch.exp(w.time_decay + lora_linear(torch.tanh(lora_linear(wx, w.decay_w1)),
+                                                      w.decay_w2).float())
         out = _wkv_chunked(r, k, v, heads(w_log), w.time_first, state.wkv[i])
         out = F.group_norm(out.transpose(0, 1).reshape(T, C), H, w.lnx_w, w.lnx_b, eps=_LN_X_EPS)
         return x + _mm(out.to(x.dtype) * g, w.output)

@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .bf16gemm import bf16_linear
+from .bf16gemm import bf16_linear, lora_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear, native_bf16
@@ -228,7 +228,7 @@ class RWKV7(RWKVModel):
 
         # The LoRA matrices stay bf16 (as official files hold them) on the CPU when the big
         # matrices have 16 bits or fewer: in fp32 they were a fifth of the bytes an int4 token
-        # reads at 1.5B (201 of 956 MB). Products widen them to fp32 (_lora_mm, the C step's
+        # reads at 1.5B (201 of 956 MB). Products widen them to fp32 (lora_linear, the C step's
         # bf16 kernel): the activations stay fp32, so a bf16 file gives the same products.
         lora_dtype = torch.bfloat16 if device.type == "cpu" and dtype in ("bf16", "int8", "int4") \
             else None
@@ -392,14 +392,15 @@ class RWKV7(RWKVModel):
         dx = _shift_diff(x, x_prev)
         xr, xw, xk, xv, xa, xg = torch.addcmul(x, dx, p.maa.view(6, 1, 1, C)).unbind(0)
         r, k, v = _mm(xr, p.R), _mm(xk, p.K), _mm(xv, p.V)
-        w = _lora_mm(torch.tanh(_lora_mm(xw, p.w1)), p.w2)
+        w = lora_linear(torch.tanh(lora_linear(xw, p.w1)), p.w2)
         logw = -DECAY_SCALE * torch.sigmoid(p.w0 + w.float())
-        a = torch.sigmoid(p.a0 + _lora_mm(_lora_mm(xa, p.a1), p.a2))
-        g = _lora_mm(torch.sigmoid(_lora_mm(xg, p.g1)), p.g2)
+        a = torch.sigmoid(p.a0 + lora_linear(lora_linear(xa, p.a1), p.a2))
+        g = lora_linear(torch.sigmoid(lora_linear(xg, p.g1)), p.g2)
         if p.v1 is None:
             v_first = v
         else:
-            v = torch.lerp(v, v_first, torch.sigmoid(p.v0 + _lora_mm(_lora_mm(xv, p.v1), p.v2)))
+            mix = torch.sigmoid(p.v0 + lora_linear(lora_linear(xv, p.v1), p.v2))
+            v = torch.lerp(v, v_first, mix)
         if not torch.is_grad_enabled() and x.device.type == "cpu":
             # In C: the key's normalization and scaling, the recurrence, GroupNorm, bonus, gate
             # (on the development machine a 0.1B layer's 512 tokens: 3.9 ms for the recurrence
@@ -461,16 +462,17 @@ class RWKV7(RWKVModel):
             prev.copy_(xx)
             xr, xw, xk, xv, xa, xg = torch.addcmul(xx, dx, p.maa).unbind(0)
             r, k, v = _mm(xr, p.R), _mm(xk, p.K), _mm(xv, p.V)
-            w = _lora_mm(torch.tanh(_lora_mm(xw, p.w1)), p.w2)
+            w = lora_linear(torch.tanh(lora_linear(xw, p.w1)), p.w2)
             w = torch.exp(-DECAY_SCALE * torch.sigmoid(p.w0 + w.float()))
-            a = torch.sigmoid(p.a0 + _lora_mm(_lora_mm(xa, p.a1), p.a2))
-            g = _lora_mm(torch.sigmoid(_lora_mm(xg, p.g1)), p.g2)
+            a = torch.sigmoid(p.a0 + lora_linear(lora_linear(xa, p.a1), p.a2))
+            g = lora_linear(torch.sigmoid(lora_linear(xg, p.g1)), p.g2)
             kk = F.normalize((k * p.k_k).view(H, N), dim=-1)
             k = k * (1 + (a - 1) * p.k_a)
             if p.v1 is None:
                 v_first = v
             else:
-                v = v + (v_first - v) * torch.sigmoid(p.v0 + _lora_mm(_lora_mm(xv, p.v1), p.v2))
+                mix = torch.sigmoid(p.v0 + lora_linear(lora_linear(xv, p.v1), p.v2))
+                v = v + (v_first - v) * mix
             y = _wkv_step_(state.wkv[i], r.float().view(H, N), w.view(H, N),
                            k.float().view(H, N), v.float().view(H, N), -kk.float(),
                            (kk * a.view(H, N)).float())
@@ -509,18 +511,6 @@ def _channel_mix_seq(p: _Layer, x: torch.Tensor, x_prev: torch.Tensor,
     if scale is not None:  # DeepEmbed: the per-token key scale
         k = k * scale
     return _mm(k, p.ffn_V)
-
-
-def _lora_mm(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """x times a LoRA matrix [out, in], in x's dtype. A bf16 matrix with fp32 activations (the
-    CPU, weights of 16 bits or fewer; the C step reads it as it is) is widened to a transient
-    fp32 copy, never the activations rounded: a LoRA matrix is at most a few MB, and MKL's fp32
-    GEMM on the copy kept prefill's speed where the bf16 C GEMM, made for big matrices, cost
-    10-15% of a 0.4B int8 prefill. A vector goes through torch.mv: F.linear on a vector adds
-    ~3 us of dispatch per call."""
-    if x.dtype != W.dtype:
-        W = W.to(x.dtype)
-    return torch.mv(W, x) if x.dim() == 1 else F.linear(x, W)
 
 
 def _head_mm(x: torch.Tensor, head: Matrix) -> torch.Tensor:
