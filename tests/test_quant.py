@@ -325,6 +325,29 @@ def test_int4_quantizer_gives_the_same_bits_at_every_level(shape):
         assert bool((sc[0].view(torch.int16) == -32768).all())  # -0.0 in fp16
 
 
+@needs_quantcpu
+@pytest.mark.parametrize("shape", [(2100, 64), (9, 4096), (3, 40)])
+def test_int4_quantizer_reads_bf16_rows_as_their_fp32_values(shape):
+    # bf16 checkpoints go to C as they are (widened a row at a time, no fp32 block in torch):
+    # the same bits as the fp32 copy at every level, over several blocks of rows.
+    g = torch.Generator().manual_seed(7)
+    w = (torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 0.1)
+    w[:, 1] *= 40
+    w[0] = 0
+    w = w.bfloat16()
+    try:
+        for level in (2, 1, 0):
+            if quant._quantcpu.set_simd(level) == level:
+                packed, scales = quantize_int4(w)
+                want_packed, want_scales = quantize_int4(w.float())
+                assert torch.equal(packed, want_packed) and torch.equal(scales, want_scales)
+    finally:
+        quant._quantcpu.set_simd(True)
+    w[shape[0] - 1, 3] = float("inf")
+    with pytest.raises(quant.NonFiniteWeights):
+        quantize_int4(w)
+
+
 def test_quantizers_refuse_nonfinite_weights():
     w = torch.randn(40, 64)
     w[5, 9] = float("nan")

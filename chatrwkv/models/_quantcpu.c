@@ -69,18 +69,37 @@ static PyObject *py_dequant(PyObject *self, PyObject *args) {
 
 /* quantize(w address, rows, n, group, packed address, scales address): fp32 [rows, n] ->
  * packed int4 rows and fp16 group scales (quant.py's layout and search). */
+/* quantize(w, rows, n, group, packed, scales[, bf16]): int4 rows from fp32 rows, or from bf16
+ * rows (`bf16`) widened one row at a time into a buffer of the call's own: no fp32 copy of a
+ * block in torch, whose many-MB temporaries, freed on the quantizing threads, glibc kept (a
+ * first, converting start of v7 0.4B int4 held 0.5 GB more than its weights to the end). */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     unsigned long long w, packed, scales;
-    int rows, n, group;
-    if (!PyArg_ParseTuple(args, "KiiiKK", &w, &rows, &n, &group, &packed, &scales)) return NULL;
+    int rows, n, group, bf16 = 0, ok = 1;
+    if (!PyArg_ParseTuple(args, "KiiiKK|p", &w, &rows, &n, &group, &packed, &scales, &bf16))
+        return NULL;
     if (rows < 0 || n < 1 || group < 16 || group % 16 || group > 1024) {
         PyErr_SetString(PyExc_ValueError, "bad shape or group for int4");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    ck_i4_quantize((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
-                   (uint16_t *)(uintptr_t)scales);
+    if (!bf16) {
+        ck_i4_quantize((const float *)(uintptr_t)w, rows, n, group, (uint8_t *)(uintptr_t)packed,
+                       (uint16_t *)(uintptr_t)scales);
+    } else {
+        float *row = malloc((size_t)n * sizeof(float));
+        size_t rb = ck_i4_row_bytes(n), ng = (size_t)ck_i4_groups(n, group);
+        if (row == NULL) ok = 0;
+        for (int r = 0; ok && r < rows; r++) {
+            const uint16_t *src = (const uint16_t *)(uintptr_t)w + (size_t)r * n;
+            for (int i = 0; i < n; i++) row[i] = ck_bf16_to_f32(src[i]);
+            ck_i4_quantize(row, 1, n, group, (uint8_t *)(uintptr_t)packed + r * rb,
+                           (uint16_t *)(uintptr_t)scales + r * ng);
+        }
+        free(row);
+    }
     Py_END_ALLOW_THREADS
+    if (!ok) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -191,7 +210,8 @@ static PyMethodDef methods[] = {
     {"gemm_level", py_gemm_level, METH_NOARGS, "The GEMM's instruction level now."},
     {"quantize8", py_quantize8, METH_VARARGS, "fp32/bf16 rows -> int8 rows and scales."},
     {"nonfinite", py_nonfinite, METH_VARARGS, "Whether a buffer holds NaN or Inf."},
-    {"quantize", py_quantize, METH_VARARGS, "fp32 rows -> packed int4 rows and fp16 scales."},
+    {"quantize", py_quantize, METH_VARARGS,
+     "fp32 or bf16 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
     {"bgemm", py_bgemm, METH_VARARGS, "y = x W^T for many rows of x, bf16 W (fp32 FMAs)."},

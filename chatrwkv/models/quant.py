@@ -339,17 +339,23 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP, block: int = 10
     packed = torch.empty(rows, int4_row_bytes(n), dtype=torch.uint8) if out is None else out
     scales = torch.empty(rows, int4_groups(n, group), dtype=INT4_SCALE_DTYPE)
 
+    in_c = _quantcpu is not None and packed.is_contiguous()
+
     def one(s: int) -> None:
         populate(weight[s:s + block])
-        w = weight[s:s + block].detach().float().contiguous()
+        w = weight[s:s + block].detach()
+        # bf16 rows (official files) go to C as they are: it widens a row at a time
+        if not (in_c and w.dtype == torch.bfloat16 and w.device.type == "cpu"
+                and w.is_contiguous()):
+            w = w.float().contiguous()
         if has_nonfinite(w):
             raise NonFiniteWeights("NaN or infinite weights")
-        if _quantcpu is None or not packed.is_contiguous():
+        if not in_c:
             codes, scales[s:s + block] = _quantize_groups(w, group)
             packed[s:s + block] = pack_int4(codes)
         else:
             _quantcpu.quantize(w.data_ptr(), w.shape[0], n, group, packed[s:s + block].data_ptr(),
-                               scales[s:s + block].data_ptr())
+                               scales[s:s + block].data_ptr(), w.dtype == torch.bfloat16)
         if done is not None:
             done(weight[s:s + block])
 
