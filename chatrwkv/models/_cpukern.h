@@ -1142,10 +1142,13 @@ static inline float ck_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 #if CK_X86
 /* e^x in 16 lanes: x = n ln2 + r (Cody-Waite, |r| <= ln2 / 2), Cephes' degree-6 polynomial for
- * e^r, times 2^n by vscalefps, which also gives 0 and inf past the range and NaN for NaN;
- * within 2 ulp of expf. For the one-token steps' element-wise exps and sigmoids: scalar expf
- * over v7's three per-channel sigmoids and exp was ~60 us of a 1.5B layer. */
+ * e^r, times 2^n by vscalefps; within 2 ulp of expf. x is first clamped to [-104, 89], where
+ * e^x is already 0 or inf in fp32 (past it the reduction would lose r: e^-1e30 came out inf),
+ * in the operand order that lets NaN through. For the one-token steps' element-wise exps and
+ * sigmoids: scalar expf over v7's three per-channel sigmoids and exp was ~60 us of a 1.5B
+ * layer. */
 CK_AVX512 static inline __m512 ck_exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
