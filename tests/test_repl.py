@@ -30,6 +30,13 @@ def test_piped_mode_exact_transcript(tmp_path):
                                   "start a message with \\+ to send a literal '+')")
 
 
+def ends_cleanly(child) -> None:
+    """The chat in `child` has been told to leave: it ends, with exit status 0."""
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def spawn(tmp_path, *args):
     child = pexpect.spawn(DRIVER[0], [*DRIVER[1:], *args], env=env_for(tmp_path),
                           encoding="utf-8", timeout=20, dimensions=(40, 160))
@@ -54,9 +61,7 @@ def test_terminal_session(tmp_path):
     child.expect_exact("+qa TEXT")
     child.expect("User:")
     child.sendcontrol("d")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    ends_cleanly(child)
     history = (tmp_path / "home" / "history").read_text()
     assert "+hello" in history and "++gen Once upon" in history
 
@@ -78,9 +83,7 @@ def test_ctrl_c_stops_a_long_reply_and_the_chat_goes_on(tmp_path):
     child.sendintr()  # Ctrl-C on the prompt clears the line and keeps going
     child.expect("User:")
     child.sendline("+exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    ends_cleanly(child)
 
 
 def cli(*args, input_text=None, tmp_path=None):
@@ -178,9 +181,7 @@ def test_keys_typed_during_a_reply_wait_for_the_next_prompt(tmp_path):
     child.sendintr()  # Ctrl-C clears it
     child.expect("User:")
     child.sendline("+exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    ends_cleanly(child)
 
 
 def test_keys_typed_while_the_chat_starts_show_once_at_the_first_prompt(tmp_path):
@@ -199,9 +200,7 @@ def test_keys_typed_while_the_chat_starts_show_once_at_the_first_prompt(tmp_path
     child.sendintr()  # Ctrl-C clears the line
     child.expect("Romeo:")
     child.sendcontrol("d")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    ends_cleanly(child)
 
 
 def test_the_terminal_echo_is_back_after_the_chat():
@@ -246,9 +245,7 @@ def test_ctrl_d_in_a_block_cancels_the_block_not_the_chat(tmp_path):
     child.expect_exact("Assistant: Yes!")
     child.expect("User:")
     child.sendline("+exit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    ends_cleanly(child)
 
 
 def test_version():
