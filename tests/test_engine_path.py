@@ -48,8 +48,8 @@ def test_engine_path_names_the_kernels_that_run_not_a_guess(v7_path):
 
 
 def test_engine_path_says_why_torch_runs(v7_path, monkeypatch):
-    monkeypatch.setattr(v7_cpu, "_v7cpu", None)
-    monkeypatch.setattr(v7_cpu, "_IMPORT_ERROR", "No module named 'chatrwkv.models._v7cpu'")
+    monkeypatch.setattr(v7_cpu.C_STEP, "module", None)
+    monkeypatch.setattr(v7_cpu.C_STEP, "error", "No module named 'chatrwkv.models._v7cpu'")
     model = load_model(v7_path, device="cpu", dtype="fp32")
     assert model.engine_path == ("torch fallback (C extension not built: No module named "
                                  "'chatrwkv.models._v7cpu')")

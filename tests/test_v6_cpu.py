@@ -158,8 +158,8 @@ def test_token_outside_vocabulary_is_one_error(ckpt_path):
 
 
 def test_without_the_extension_torch_runs_and_says_why(ckpt_path, monkeypatch):
-    monkeypatch.setattr(v6_cpu, "_v6cpu", None)
-    monkeypatch.setattr(v6_cpu, "_IMPORT_ERROR", "no compiler")
+    monkeypatch.setattr(v6_cpu.C_STEP, "module", None)
+    monkeypatch.setattr(v6_cpu.C_STEP, "error", "no compiler")
     m = load_model(ckpt_path, device="cpu", dtype="int8")
     assert not m.has_c_step
     assert m.engine_path == "torch fallback (C extension not built: no compiler)"

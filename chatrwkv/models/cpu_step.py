@@ -9,6 +9,7 @@ tensors alive, checks states before the C side writes into them, and runs one to
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -29,6 +30,32 @@ def missing_reason(built: bool, import_error: str, device: torch.device, dtype: 
     if device.type != "cpu":
         return f"the C step runs on the CPU, not {device.type}"
     return f"the C step cannot read these weights ({dtype})"
+
+
+class StepModule:
+    """A version's C step module (`_vNcpu`), where it was built: `module` is None without it
+    (built without a C compiler: the torch path runs) and `error` says why. Each glue module
+    (v4_cpu ... v7_cpu) keeps one and takes its available / missing / use_simd; tests set
+    `module` to None to see the torch path."""
+
+    def __init__(self, name: str):
+        try:
+            self.module: ModuleType | None = importlib.import_module(f"{__package__}.{name}")
+            self.error = ""
+        except ImportError as e:
+            self.module, self.error = None, str(e)
+
+    def available(self) -> bool:
+        return self.module is not None
+
+    def missing(self, model: Any) -> str:
+        """Why the version's `build` gives None for `model`."""
+        return missing_reason(self.module is not None, self.error, model.device, model.dtype_name)
+
+    def use_simd(self, level: bool | int) -> int:
+        """The best kernels the CPU has (True), the scalar twins (False), or at most `level`
+        (1: AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the module)."""
+        return int(self.module.set_simd(level)) if self.module is not None else 0
 
 
 def simd_name() -> str:

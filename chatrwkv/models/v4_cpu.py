@@ -22,7 +22,7 @@ from .cpu_step import (
     Unsupported,
     fp32_address,
     matrix,
-    missing_reason,
+    StepModule,
     weight_arena,
 )
 
@@ -30,30 +30,11 @@ if TYPE_CHECKING:
     from .base import ModelConfig
     from .v4 import RWKV4
 
-try:
-    from . import _v4cpu
-    _IMPORT_ERROR = ""
-except ImportError as e:  # built without a C compiler: the torch path runs
-    _v4cpu = None
-    _IMPORT_ERROR = str(e)
+C_STEP = StepModule("_v4cpu")
+available, missing, use_simd = C_STEP.available, C_STEP.missing, C_STEP.use_simd
 
 EMB_DTYPES = {**CK_DTYPES, torch.float16: 3}  # an fp32 model keeps a 16-bit file's embedding
 STATE_FIELDS = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # the order `step` takes
-
-
-def available() -> bool:
-    return _v4cpu is not None
-
-
-def missing(model: RWKV4) -> str:
-    """Why `build` gives None for `model`."""
-    return missing_reason(_v4cpu is not None, _IMPORT_ERROR, model.device, model.dtype_name)
-
-
-def use_simd(level: bool | int) -> int:
-    """The best kernels the CPU has (True), the scalar twins (False), or at most `level` (1:
-    AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the extension)."""
-    return int(_v4cpu.set_simd(level)) if _v4cpu is not None else 0
 
 
 def arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype,
@@ -64,7 +45,8 @@ def arena(cfg: ModelConfig, dtype: str, weight_dtype: torch.dtype,
 
 
 def build(model: RWKV4, n_threads: int | None = None) -> CpuStep | None:
-    if _v4cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32 \
+    mod = C_STEP.module
+    if mod is None or model.device.type != "cpu" or model.act_dtype != torch.float32 \
             or model.rescale_layer:
         return None
     c = model.config
@@ -79,7 +61,7 @@ def build(model: RWKV4, n_threads: int | None = None) -> CpuStep | None:
         emb = model.emb
         if emb.dtype not in EMB_DTYPES or not emb.is_contiguous() or emb.device.type != "cpu":
             raise Unsupported
-        handle = _v4cpu.new_model(
+        handle = mod.new_model(
             (c.n_layer, c.n_embd, c.ffn_dim, c.vocab_size), emb.data_ptr(),
             EMB_DTYPES[emb.dtype], fp32_address(model.ln_out_w), fp32_address(model.ln_out_b),
             matrix(model.head), layers, n_threads or torch.get_num_threads())
@@ -87,4 +69,4 @@ def build(model: RWKV4, n_threads: int | None = None) -> CpuStep | None:
         return None
     weights = (model.layers, model.emb, model.ln_out_w, model.ln_out_b, model.head)
     shapes = {name: (c.n_layer, c.n_embd) for name in STATE_FIELDS}
-    return CpuStep(_v4cpu, handle, weights, c.vocab_size, shapes)
+    return CpuStep(mod, handle, weights, c.vocab_size, shapes)

@@ -22,34 +22,15 @@ from .cpu_step import (
     Unsupported,
     fp32_address,
     matrix,
-    missing_reason,
+    StepModule,
     weight_arena,
 )
 
 if TYPE_CHECKING:
     from .v6 import RWKV6, V6Config
 
-try:
-    from . import _v6cpu
-    _IMPORT_ERROR = ""
-except ImportError as e:  # built without a C compiler: the torch path runs
-    _v6cpu = None
-    _IMPORT_ERROR = str(e)
-
-
-def available() -> bool:
-    return _v6cpu is not None
-
-
-def missing(model: RWKV6) -> str:
-    """Why `build` gives None for `model`."""
-    return missing_reason(_v6cpu is not None, _IMPORT_ERROR, model.device, model.dtype_name)
-
-
-def use_simd(level: bool | int) -> int:
-    """The best kernels the CPU has (True), the scalar twins (False), or at most `level` (1:
-    AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the extension)."""
-    return int(_v6cpu.set_simd(level)) if _v6cpu is not None else 0
+C_STEP = StepModule("_v6cpu")
+available, missing, use_simd = C_STEP.available, C_STEP.missing, C_STEP.use_simd
 
 
 def arena(cfg: V6Config, dtype: str, weight_dtype: torch.dtype,
@@ -60,7 +41,8 @@ def arena(cfg: V6Config, dtype: str, weight_dtype: torch.dtype,
 
 
 def build(model: RWKV6, n_threads: int | None = None) -> CpuStep | None:
-    if _v6cpu is None or model.device.type != "cpu" or \
+    mod = C_STEP.module
+    if mod is None or model.device.type != "cpu" or \
             model.compute_dtype != torch.float32 or any(h for _, _, h in model.layers):
         return None
     c = model.config
@@ -77,7 +59,7 @@ def build(model: RWKV6, n_threads: int | None = None) -> CpuStep | None:
         emb = model.emb
         if emb.dtype not in CK_DTYPES or not emb.is_contiguous() or emb.device.type != "cpu":
             raise Unsupported
-        handle = _v6cpu.new_model(
+        handle = mod.new_model(
             (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn_dim, c.vocab_size, c.mix_lora,
              c.decay_lora),
             emb.data_ptr(), CK_DTYPES[emb.dtype], fp32_address(model.ln_out_w),
@@ -89,4 +71,4 @@ def build(model: RWKV6, n_threads: int | None = None) -> CpuStep | None:
     shapes = {"att_x": (c.n_layer, c.n_embd),
               "wkv": (c.n_layer, c.n_head, c.head_size, c.head_size),
               "ffn_x": (c.n_layer, c.n_embd)}  # in the order `step` takes them
-    return CpuStep(_v6cpu, handle, weights, c.vocab_size, shapes)
+    return CpuStep(mod, handle, weights, c.vocab_size, shapes)

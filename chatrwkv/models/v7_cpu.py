@@ -20,34 +20,15 @@ from .cpu_step import (
     Unsupported,
     fp32_address,
     matrix,
-    missing_reason,
+    StepModule,
     weight_arena,
 )
 
 if TYPE_CHECKING:
     from .v7 import RWKV7, RWKV7Config
 
-try:
-    from . import _v7cpu
-    _IMPORT_ERROR = ""
-except ImportError as e:  # built without a C compiler: the torch path runs
-    _v7cpu = None
-    _IMPORT_ERROR = str(e)
-
-
-def available() -> bool:
-    return _v7cpu is not None
-
-
-def missing(model: RWKV7) -> str:
-    """Why `build` gives None for `model`."""
-    return missing_reason(_v7cpu is not None, _IMPORT_ERROR, model.device, model.dtype_name)
-
-
-def use_simd(level: bool | int) -> int:
-    """The best kernels the CPU has (True), the scalar twins (False), or at most `level` (1:
-    AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the extension)."""
-    return int(_v7cpu.set_simd(level)) if _v7cpu is not None else 0
+C_STEP = StepModule("_v7cpu")
+available, missing, use_simd = C_STEP.available, C_STEP.missing, C_STEP.use_simd
 
 
 def time_mix_seq(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor,
@@ -59,7 +40,8 @@ def time_mix_seq(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
     (after the value residual), a (the in-context learning rate), g are [B, T, H * N]; vecs:
     the layer's k_k, k_a, r_k, ln_x weight and bias, [H * N] each. Returns y [B, T, H * N]."""
     ins = (r, w, k, v, a, g)
-    if (_v7cpu is None or S.device.type != "cpu" or S.dtype != torch.float32
+    mod = C_STEP.module
+    if (mod is None or S.device.type != "cpu" or S.dtype != torch.float32
             or not S.is_contiguous() or S.dim() != 4 or r.dim() != 3
             or any(t.dtype != torch.float32 or t.device.type != "cpu" or t.shape != r.shape
                    for t in ins)
@@ -74,7 +56,7 @@ def time_mix_seq(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
         return None
     ins = tuple(t.contiguous() for t in ins)
     y = torch.empty_like(ins[0])
-    _v7cpu.time_mix_seq(S.data_ptr(), tuple(t.data_ptr() for t in ins), vec_addresses,
+    mod.time_mix_seq(S.data_ptr(), tuple(t.data_ptr() for t in ins), vec_addresses,
                         y.data_ptr(), B, r.shape[1], H, N, torch.get_num_threads())
     return y
 
@@ -87,7 +69,8 @@ def arena(cfg: RWKV7Config, dtype: str, weight_dtype: torch.dtype,
 
 
 def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
-    if _v7cpu is None or model.device.type != "cpu" or model.act_dtype != torch.float32:
+    mod = C_STEP.module
+    if mod is None or model.device.type != "cpu" or model.act_dtype != torch.float32:
         return None
     c = model.config
     try:
@@ -102,7 +85,7 @@ def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
         emb = model.emb
         if emb.dtype not in CK_DTYPES or not emb.is_contiguous():
             raise Unsupported
-        handle = _v7cpu.new_model(
+        handle = mod.new_model(
             (c.n_layer, c.n_embd, c.n_head, c.head_size, c.ffn_dim, c.vocab_size),
             emb.data_ptr(), CK_DTYPES[emb.dtype], fp32_address(model.ln0_w),
             fp32_address(model.ln0_b), fp32_address(model.ln_out_w),
@@ -115,7 +98,7 @@ def build(model: RWKV7, n_threads: int | None = None) -> CpuStep | None:
     shapes = {"att_x": (c.n_layer, c.n_embd),
               "wkv": (c.n_layer, c.n_head, c.head_size, c.head_size),
               "ffn_x": (c.n_layer, c.n_embd)}  # in the order `step` takes them
-    return CpuStep(_v7cpu, handle, weights, c.vocab_size, shapes)
+    return CpuStep(mod, handle, weights, c.vocab_size, shapes)
 
 
 def _deep_embed(p, rank: int) -> tuple | None:
