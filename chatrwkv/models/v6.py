@@ -29,7 +29,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v6_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .bf16gemm import bf16_linear, lora_linear
+from .bf16gemm import bf16_linear, lora_dtype, lora_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear
@@ -209,11 +209,9 @@ class RWKV6(RWKVModel):
             t = ckpt.expect_shape(key, shape).to(device=dev, dtype=dtype)
             return (t * scale if scale != 1.0 else t).contiguous()
 
-        # The LoRA matrices stay bf16 (as official files hold them) on the CPU next to bf16,
-        # int8 and int4 weights, as v7's do: every product widens them (lora_linear, the C
+        # LoRAs as v7's (bf16gemm.lora_dtype): every product widens them (lora_linear, the C
         # step's bf16 kernel), so the activations stay fp32.
-        narrow = self.dtype_name in ("bf16", "int8", "int4")
-        lora = torch.bfloat16 if dev.type == "cpu" and narrow else cd
+        lora = lora_dtype(dev, self.dtype_name) or cd
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
         # huge-page memory the C one-token step streams the big matrices from (CPU only)
         arena = v6_cpu.arena(cfg, self.dtype_name, self.dtype, dev)

@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from ..state import WKVState
 from . import v7_cpu
 from .base import DEFAULT_CHUNK_LEN, ModelConfig, RWKVModel
-from .bf16gemm import bf16_linear, lora_linear
+from .bf16gemm import bf16_linear, lora_dtype, lora_linear
 from .cpu_step import CpuStep, weight_shape
 from .pages import PageReleaser
 from .quant import Int4Linear, Int8Linear, native_bf16
@@ -226,12 +226,9 @@ class RWKV7(RWKVModel):
             t = t.t() if transpose else t
             return t.to(device=device, dtype=as_dtype or self.act_dtype).contiguous()
 
-        # The LoRA matrices stay bf16 (as official files hold them) on the CPU when the big
-        # matrices have 16 bits or fewer: in fp32 they were a fifth of the bytes an int4 token
-        # reads at 1.5B (201 of 956 MB). Products widen them to fp32 (lora_linear, the C step's
-        # bf16 kernel): the activations stay fp32, so a bf16 file gives the same products.
-        lora_dtype = torch.bfloat16 if device.type == "cpu" and dtype in ("bf16", "int8", "int4") \
-            else None
+        # Products widen bf16 LoRAs to fp32 (lora_linear, the C step's bf16 kernel): the
+        # activations stay fp32, so a bf16 file gives the same products.
+        lora_as = lora_dtype(device, dtype)
 
         pages = PageReleaser(ckpt.path)  # converted weights: drop the file's copy as we go
         arena = v7_cpu.arena(cfg, dtype, self.dtype, device)
@@ -254,8 +251,8 @@ class RWKV7(RWKVModel):
 
         def lora(p: str, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
             # Official x @ w1 @ w2 with w1 [C, D], w2 [D, C]: stored as F.linear's [out, in].
-            return (small(f"{p}{name}1", (C, width), transpose=True, as_dtype=lora_dtype),
-                    small(f"{p}{name}2", (width, C), transpose=True, as_dtype=lora_dtype))
+            return (small(f"{p}{name}1", (C, width), transpose=True, as_dtype=lora_as),
+                    small(f"{p}{name}2", (width, C), transpose=True, as_dtype=lora_as))
 
         layers = []
         for i in range(cfg.n_layer):
