@@ -72,3 +72,26 @@ def test_int4_gemv_other_groups(group, n):
     x = torch.randn(n, generator=g)
     desc, exact, _keep = _matrix("int4", w, group)
     _check_every_level(desc, exact, x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("words", [0, 1, 15, 17, 1000, (3 << 18) + 5])  # the last: 3 MiB + 20 B
+def test_stream_sum_reads_every_word_once(words, threads):
+    """The bench's bandwidth probe (membw.py) reads the whole buffer, tails and chunks included,
+    at every instruction-set level: its sum is the words' sum mod 2^32."""
+    g = torch.Generator().manual_seed(words)
+    buf = torch.randint(-(2**31), 2**31 - 1, (words,), generator=g, dtype=torch.int32)
+    want = int(buf.long().sum()) % 2**32
+    ck = quant._quantcpu
+    ran = []
+    try:
+        for level in LEVELS:
+            if ck.set_simd(level) != level:
+                continue
+            assert ck.stream_sum(buf.data_ptr(), 4 * words, threads) == want, level
+            ran.append(level)
+    finally:
+        ck.set_simd(True)
+    assert 0 in ran
+    with pytest.raises(ValueError):
+        ck.stream_sum(buf.data_ptr(), 3, threads)

@@ -46,6 +46,93 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* stream_sum(address, nbytes, threads): the sum mod 2^32 of the buffer's little-endian 32-bit
+ * words (nbytes a multiple of 4), read once in 1 MiB chunks on `threads` threads: the bench's
+ * memory bandwidth (membw.py) times this. One 512-bit load and an integer add per 64 bytes, the
+ * line after next prefetched as the kernels do (CK_PF): on the 2-core development machine it
+ * reads ~30 GB/s where torch's sum of a float buffer, whose reduction is compute-bound there
+ * (12 GB/s on one thread, 24 on two), understated the bandwidth by a fifth. */
+#define SS_CHUNK (1L << 20)
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+    uint32_t *part;
+} SsJob;
+
+static uint32_t ss_scalar(const uint8_t *p, size_t n) {
+    uint32_t s = 0, w;
+    for (size_t i = 0; i < n; i += 4) {
+        memcpy(&w, p + i, 4);
+        s += w;
+    }
+    return s;
+}
+
+#if CK_X86
+CK_AVX512 static uint32_t ss_avx512(const uint8_t *p, size_t n) {
+    __m512i s = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        CK_PF(p + i);
+        s = _mm512_add_epi32(s, _mm512_loadu_si512((const void *)(p + i)));
+    }
+    return (uint32_t)_mm512_reduce_add_epi32(s) + ss_scalar(p + i, n - i);
+}
+
+CK_AVX2 static uint32_t ss_avx2(const uint8_t *p, size_t n) {
+    __m256i s = _mm256_setzero_si256(), t = s;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        CK_PF(p + i);
+        s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i *)(p + i)));
+        t = _mm256_add_epi32(t, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+    }
+    uint32_t lanes[8], r = 0;
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi32(s, t));
+    for (int k = 0; k < 8; k++) r += lanes[k];
+    return r + ss_scalar(p + i, n - i);
+}
+#endif
+
+static void ss_chunk(const CkPhase *ph, int c) {
+    const SsJob *j = (const SsJob *)ph->ctx;
+    size_t o = (size_t)c * SS_CHUNK, n = j->n - o < (size_t)SS_CHUNK ? j->n - o : (size_t)SS_CHUNK;
+#if CK_X86
+    if (ck_isa >= CK_ISA_AVX512) {
+        j->part[c] = ss_avx512(j->p + o, n);
+        return;
+    }
+    if (ck_isa >= CK_ISA_AVX2) {
+        j->part[c] = ss_avx2(j->p + o, n);
+        return;
+    }
+#endif
+    j->part[c] = ss_scalar(j->p + o, n);
+}
+
+static PyObject *py_stream_sum(PyObject *self, PyObject *args) {
+    unsigned long long addr, nbytes;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "KK|i", &addr, &nbytes, &threads)) return NULL;
+    if (nbytes % 4) {
+        PyErr_SetString(PyExc_ValueError, "stream_sum needs whole 32-bit words");
+        return NULL;
+    }
+    int chunks = (int)((nbytes + SS_CHUNK - 1) / SS_CHUNK);
+    uint32_t *part = calloc(chunks ? chunks : 1, sizeof *part);
+    if (!part) return PyErr_NoMemory();
+    SsJob job = {(const uint8_t *)(uintptr_t)addr, (size_t)nbytes, part};
+    uint32_t sum = 0;
+    Py_BEGIN_ALLOW_THREADS
+    CkPool *pool = ck_pool_begin(threads, (double)nbytes, 2.0 * SS_CHUNK);
+    ck_run_on(pool, ss_chunk, &job, chunks);
+    ck_pool_end(pool);
+    for (int c = 0; c < chunks; c++) sum += part[c];
+    Py_END_ALLOW_THREADS
+    free(part);
+    return PyLong_FromUnsignedLong(sum);
+}
+
 /* dequant(matrix, r0, r1, out address, dtype): rows [r0, r1) of an int4 matrix as fp32
  * (dtype 0) or bf16 (1) into a contiguous [r1 - r0, in] buffer. */
 static PyObject *py_dequant(PyObject *self, PyObject *args) {
@@ -213,6 +300,8 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS,
      "fp32 or bf16 rows -> packed int4 rows and fp16 scales."},
     {"gemv", py_gemv, METH_VARARGS, "y = M x for one described matrix (fp32 vectors)."},
+    {"stream_sum", py_stream_sum, METH_VARARGS,
+     "Sum mod 2^32 of a buffer's 32-bit words, read once on threads (the bandwidth probe)."},
     {"dequant", py_dequant, METH_VARARGS, "Rows of an int4 matrix as fp32 or bf16."},
     {"bgemm", py_bgemm, METH_VARARGS, "y = x W^T for many rows of x, bf16 W (fp32 FMAs)."},
     {"set_simd", ck_py_set_simd, METH_VARARGS,
