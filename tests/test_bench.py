@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,26 @@ def test_decode_bandwidth_ratio_uses_the_bandwidth_measured_around_each_run(v7_p
     # 3 tok/s x 3 GB a token over 15 GB/s, then over 30 GB/s
     assert "0.60" in out and "0.30" in out
     assert "memory read 15.0-30.0 GB/s, measured before and after each run" in out
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="no C compiler")
+def test_ceiling_program_builds_reads_and_checks_its_int8_activation_sketch(tmp_path):
+    """benchmarks/ceiling.c (bench_ceiling.py's kernel-speed probe) compiles against today's
+    _cpukern.h, and each kind runs and prints a positive rate; int4q8 first checks its sketch
+    kernel against a double-precision sum and fails on a wrong one. Exit 3: no AVX-512 here."""
+    root = Path(__file__).resolve().parents[1]
+    cc = shutil.which("cc") or shutil.which("gcc")
+    exe = tmp_path / "ceiling"
+    subprocess.run([cc, "-O2", "-pthread", f"-I{root / 'chatrwkv' / 'models'}",
+                    str(root / "benchmarks" / "ceiling.c"), "-o", str(exe), "-lm"], check=True)
+    bad = subprocess.run([str(exe), "int4", "1", "1", "1", "100"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "COLS" in bad.stderr
+    for kind in ("read", "fp32", "int8", "int4", "int4q8"):
+        run = subprocess.run([str(exe), kind, "1", "2", "2", "256"], capture_output=True, text=True)
+        if run.returncode == 3:
+            continue
+        assert run.returncode == 0, (kind, run.stderr)
+        assert float(run.stdout) > 0, kind
+        if kind == "int4q8":
+            assert "int4q8 check" in run.stderr

@@ -17,7 +17,20 @@
  * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
  * block into 128 fp32 weights with 8 table lookups (vpermps), ~23-25 G weights/s on one core
  * here (in L2), 2.4x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
- * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path).
+ * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path), and issue slowly
+ * on the development CPU besides. Measured there (session 7, two threads): int4 times x split
+ * into two bf16 halves (fp32-class precision) with vdpbf16ps, 5-7 G weights/s against 18-22 for
+ * the vpermps kernel; int8 times x as four 8-bit digits (exact to fp32) with vpdpbusd, 16 GB/s in
+ * the caches against 25-30; even int4 times x rounded to int8 (benchmarks/ceiling.c's sketch)
+ * streams at only ~0.85 of a plain read.
+ *
+ * Where the kernels stand (benchmarks/bench_ceiling.py, two threads, rows of 1024): a plain
+ * read streams ~30 GB/s, the fp32 kernel 0.96 of it, int8 and int4 0.68. int4 computes no
+ * faster in the caches than from memory (its 3.5 instructions per 16 weights are the limit);
+ * int8 computes 2x faster in the caches than it streams, but a core that spends half its time
+ * widening bytes keeps too few misses in flight. Tried for int4 and not kept: four loads at byte
+ * offsets 0-3 in place of three of every four shifts (misaligned loads split cache lines:
+ * 0.75-0.85x).
  *
  * What decides decode speed (one token reads every weight once, from memory): per core the
  * kernels must keep enough cache misses in flight, which the hardware prefetchers alone did
