@@ -7,12 +7,12 @@ from types import ModuleType
 import pytest
 import torch
 
-ISA_LEVELS = {"scalar": 0, "avx2": 1, "avx512": 2}  # _cpukern.h's CK_ISA_*
+ISA_LEVELS = {"scalar": 0, "avx2": 1, "avx512": 2, "vnni": 3}  # _cpukern.h's CK_ISA_*
 
 
 def simd_fixture(glue: ModuleType):
     """A fixture running a test with each instruction set's kernels of `glue` that this CPU
-    can run (AVX-512, AVX2) and with the scalar twins."""
+    can run (AVX-512 VNNI, AVX-512, AVX2) and with the scalar twins."""
 
     @pytest.fixture(params=sorted(ISA_LEVELS.values()), ids=sorted(ISA_LEVELS, key=ISA_LEVELS.get))
     def simd(request):

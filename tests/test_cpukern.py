@@ -14,7 +14,7 @@ from chatrwkv.models.quant import Int4Linear, quantize_rows
 
 pytestmark = pytest.mark.skipif(quant._quantcpu is None, reason="C extension not built")
 
-LEVELS = (2, 1, 0)  # AVX-512, AVX2, scalar (_cpukern.h's CK_ISA_*)
+LEVELS = (3, 2, 1, 0)  # AVX-512 VNNI, AVX-512, AVX2, scalar (_cpukern.h's CK_ISA_*)
 # fp32 sums in a different order than fp64: relative to sum |w x|, measured < 1e-6.
 REL_TOL = 1e-5
 SHAPES = [(1, 1), (3, 15), (5, 17), (7, 63), (9, 65), (130, 200), (4, 1000), (6, 2200)]
@@ -95,3 +95,53 @@ def test_stream_sum_reads_every_word_once(words, threads):
     assert 0 in ran
     with pytest.raises(ValueError):
         ck.stream_sum(buf.data_ptr(), 3, threads)
+
+
+def _levels_gemv(desc, x, O, threads=1):
+    """{level: y} for every level this CPU runs."""
+    ck = quant._quantcpu
+    out = {}
+    try:
+        for level in LEVELS:
+            if ck.set_simd(level) != level:
+                continue
+            y = torch.full((O,), 123.0)
+            ck.gemv(desc, x.data_ptr(), y.data_ptr(), threads)
+            out[level] = y
+    finally:
+        ck.set_simd(True)
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_digits_keep_fp32_activations(threads):
+    """AVX-512 VNNI runs int8 rows against x as four 8-bit digits (a 32-bit fixed-point copy):
+    still the exact product to fp32 accuracy with an outlier 10^5 times the rest, through the
+    pool's phase (two threads, a matrix big enough to use them) as on one thread; an x holding
+    NaN or Inf gets exactly the fp32 kernels' outputs (the digits are not used), and rows longer
+    than CK_XD_MAX_N (32768) fall back to them too."""
+    g = torch.Generator().manual_seed(11 + threads)
+    for O, n in ((2048, 4096), (3, 40000)):  # 8 M weights: the pool runs; then too long a row
+        w = torch.randn(O, n, generator=g) * 0.05
+        desc, exact, _keep = _matrix("int8", w)
+        x = torch.randn(n, generator=g) * 1e-3
+        x[7] = 100.0
+        want = exact.double() @ x.double()
+        # fp32 accuracy: relative to the sum of |w x| without the outlier's term
+        scale = (exact.double().abs() @ x.double().abs()) - exact[:, 7].double().abs() * 100.0
+        errs = {level: ((y.double() - want).abs() / scale).max().item()
+                for level, y in _levels_gemv(desc, x, O, threads).items()}
+        assert all(e < 1e-3 for e in errs.values()), errs
+        if 3 in errs:  # no worse than the fp32 kernels (whose sums the outlier dominates too)
+            assert errs[3] <= 2 * errs[2] + 1e-6, errs
+    w = torch.randn(64, 200, generator=g) * 0.05
+    w[5, 3] = 0.0
+    desc, exact, _keep = _matrix("int8", w)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(200, generator=g)
+        x[3] = bad
+        ys = _levels_gemv(desc, x, 64, threads)
+        for level, y in ys.items():
+            assert torch.equal(y.isnan(), ys[0].isnan()) and torch.equal(y.isinf(), ys[0].isinf())
+            ok = y.isfinite()
+            assert torch.allclose(y[ok], ys[0][ok]), level

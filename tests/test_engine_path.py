@@ -38,9 +38,9 @@ def test_engine_path_names_the_c_step(v7_path):
 @needs_c
 def test_engine_path_names_the_kernels_that_run_not_a_guess(v7_path):
     model = load_model(v7_path, device="cpu", dtype="fp32")
-    names = {0: "scalar", 1: "AVX2", 2: "AVX-512"}
+    names = {0: "scalar", 1: "AVX2", 2: "AVX-512", 3: "AVX-512 VNNI"}
     try:
-        for level in (0, 1, 2):
+        for level in (0, 1, 2, 3):
             runs = v7_cpu.use_simd(level)  # at most `level`: what this CPU has of it
             assert f"C step ({names[runs]} kernels," in model.engine_path
     finally:

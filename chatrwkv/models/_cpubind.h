@@ -78,13 +78,13 @@ static inline PyObject *ck_py_set_simd(PyObject *self, PyObject *args) {
     int level;
     if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
     return PyLong_FromLong(ck_set_isa(level == 1 && PyBool_Check(PyTuple_GET_ITEM(args, 0))
-                                          ? CK_ISA_AVX512 : level));
+                                          ? CK_ISA_VNNI : level));
 }
 
 /* kernels(): the name of the kernels that run now ("AVX-512", "AVX2" or "scalar"), so the
  * banner, `+show` and the bench name exactly what runs rather than guess from CPU flags. */
 static inline PyObject *ck_py_kernels(PyObject *self, PyObject *unused) {
-    static const char *names[] = {"scalar", "AVX2", "AVX-512"};
+    static const char *names[] = {"scalar", "AVX2", "AVX-512", "AVX-512 VNNI"};
     return PyUnicode_FromString(names[ck_isa]);
 }
 

@@ -16,20 +16,23 @@
  * and a scalar kernel; the widest the CPU has runs, chosen at run time (ck_init), and tests run
  * each against the torch twins. int4 is where width matters: its AVX-512 kernel turns a 64-byte
  * block into 128 fp32 weights with 8 table lookups (vpermps), ~23-25 G weights/s on one core
- * here (in L2), 2.4x the AVX2 kernel. Not used: AVX-512 VNNI and BF16 dot products, which need 8- or
- * 16-bit activations (torch's fbgemm and oneDNN use them in the sequence path), and issue slowly
- * on the development CPU besides. Measured there (session 7, two threads): int4 times x split
- * into two bf16 halves (fp32-class precision) with vdpbf16ps, 5-7 G weights/s against 18-22 for
- * the vpermps kernel; int8 times x as four 8-bit digits (exact to fp32) with vpdpbusd, 16 GB/s in
- * the caches against 25-30; even int4 times x rounded to int8 (benchmarks/ceiling.c's sketch)
- * streams at only ~0.85 of a plain read.
+ * here (in L2), 2.4x the AVX2 kernel. int8 rows run, where the CPU has AVX-512 VNNI, against x
+ * as four 8-bit digits (CkXd: a 32-bit fixed-point copy, as accurate as fp32) with vpdpbusd:
+ * four instructions per 64 weights instead of twelve, measured 0.4B int8 decode +15% and 1.5B
+ * +17% (interleaved runs, session 7). BF16 dot products are not used: vdpbf16ps issues slowly
+ * on the development CPU (int4 times x as two bf16 halves: 10-13 G weights/s against 24-29 for
+ * the vpermps kernel, one thread in L2), and rounding x to one bf16 would not keep fp32
+ * activations. int4 has no VNNI path: its packing puts four groups of 32 in each dword, which
+ * vpdpbusd would sum together (a layout change; benchmarks/ceiling.c's sketch of an int4 kernel
+ * with x rounded to int8, in a layout that keeps the groups apart, streams at ~0.8-0.85 of a
+ * plain read).
  *
  * Where the kernels stand (benchmarks/bench_ceiling.py, two threads, rows of 1024): a plain
- * read streams ~30 GB/s, the fp32 kernel 0.96 of it, int8 and int4 0.68. int4 computes no
- * faster in the caches than from memory (its 3.5 instructions per 16 weights are the limit);
- * int8 computes 2x faster in the caches than it streams, but a core that spends half its time
- * widening bytes keeps too few misses in flight. Tried for int4 and not kept: four loads at byte
- * offsets 0-3 in place of three of every four shifts (misaligned loads split cache lines:
+ * read streams ~30 GB/s, the fp32 kernel 0.96 of it, int8 (fp32 widening) and int4 0.65. int4
+ * computes no faster in the caches than from memory (its 3.5 instructions per 16 weights are the
+ * limit); int8 computes 2x faster in the caches than it streams, but a core that spends half its
+ * time widening bytes keeps too few misses in flight. Tried for int4 and not kept: four loads at
+ * byte offsets 0-3 in place of three of every four shifts (misaligned loads split cache lines:
  * 0.75-0.85x).
  *
  * What decides decode speed (one token reads every weight once, from memory): per core the
@@ -70,6 +73,21 @@ typedef struct {
     int dtype, out, in, group;
 } CkMat;
 
+/* An activation vector as four 8-bit digits, for int8 products with AVX-512 VNNI (CK_ISA_VNNI):
+ * X_i = round(x_i / scale), |X_i| <= 2^30, and X_i = sum_k d[k][i] 256^(3 - k) with every digit
+ * in [-128, 127]. That is a 32-bit fixed-point copy of x: each element's error is at most
+ * max|x| 2^-31, below fp32's own rounding of any element within 2^-8 of the largest, so the
+ * products keep fp32 activations; each digit row is one vpdpbusd per 64 weights (four per 64
+ * against twelve instructions widening int8 to fp32), and the sums are exact integers. */
+#define CK_XD_MAX_N 32768  /* keeps a row's int32 sums from overflowing (ck_dot_i8_vnni) */
+typedef struct {
+    int8_t *d;          /* [4][npad]: digits, the most significant row first, zero past n */
+    size_t cap;         /* bytes allocated at d */
+    int n, npad, ok;    /* ok: the digits hold x (finite, n <= CK_XD_MAX_N) */
+    float scale;
+    int32_t dsum[4];    /* each digit row's sum */
+} CkXd;
+
 /* What a product does with each output element y: store, or fold it into dst. */
 enum { EP_STORE = 0, EP_ADD, EP_TANH, EP_SIGMOID, EP_RELU_SQ };
 
@@ -77,7 +95,7 @@ enum { EP_STORE = 0, EP_ADD, EP_TANH, EP_SIGMOID, EP_RELU_SQ };
  * (ck_init, at run time) or a lower one a test asks for (ck_set_isa). Every wide path is
  * compiled with a target attribute, so the build itself assumes nothing beyond the compiler's
  * default (x86-64: SSE2). */
-enum { CK_ISA_SCALAR = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
+enum { CK_ISA_SCALAR = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2, CK_ISA_VNNI = 3 };
 static int ck_isa = CK_ISA_SCALAR, ck_isa_max = CK_ISA_SCALAR;
 static int ck_use_avx2 = 0;  /* ck_isa >= CK_ISA_AVX2: what the per-model WKV kernels test */
 
@@ -268,6 +286,7 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
 #if CK_X86
 #define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define CK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512vnni")))
 
 /* Software prefetch of the weight stream into L2, CK_PF_AHEAD bytes ahead, once per 64-byte
  * line. The hardware prefetchers alone left one core streaming bf16 rows at 9-10 GB/s and int8
@@ -628,6 +647,82 @@ CK_AVX512 static void ck_dot4_i4g32_avx512(const uint8_t *w, size_t row_bytes, c
     y[3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));
 }
 
+/* max |x_i|, or -1 where x holds a NaN or an Inf. */
+CK_AVX512 static float ck_absmax_avx512(const float *x, int n) {
+    __m512 m = _mm512_setzero_ps();
+    const __m512 big = _mm512_set1_ps(3.4e38f);
+    __mmask16 bad = 0;
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i));
+        bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ);  /* > max float, or unordered: NaN */
+        m = _mm512_max_ps(m, a);
+    }
+    return bad ? -1.0f : _mm512_reduce_max_ps(m);
+}
+
+/* x -> xd's digits (CkXd), 16 elements at a time; the caller has set xd's shape and scale. */
+CK_AVX512 static void ck_xd_digits_avx512(const float *x, int n, CkXd *xd, float inv) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    int8_t *d = xd->d;
+    const size_t np = (size_t)xd->npad;
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vinv));
+        __m512i d3 = _mm512_srai_epi32(_mm512_slli_epi32(r, 24), 24);  /* low byte, signed */
+        r = _mm512_srai_epi32(_mm512_sub_epi32(r, d3), 8);
+        __m512i d2 = _mm512_srai_epi32(_mm512_slli_epi32(r, 24), 24);
+        r = _mm512_srai_epi32(_mm512_sub_epi32(r, d2), 8);
+        __m512i d1 = _mm512_srai_epi32(_mm512_slli_epi32(r, 24), 24);
+        __m512i d0 = _mm512_srai_epi32(_mm512_sub_epi32(r, d1), 8);
+        _mm_storeu_si128((__m128i *)(d + i), _mm512_cvtepi32_epi8(d0));
+        _mm_storeu_si128((__m128i *)(d + np + i), _mm512_cvtepi32_epi8(d1));
+        _mm_storeu_si128((__m128i *)(d + 2 * np + i), _mm512_cvtepi32_epi8(d2));
+        _mm_storeu_si128((__m128i *)(d + 3 * np + i), _mm512_cvtepi32_epi8(d3));
+        s0 = _mm512_add_epi32(s0, d0);
+        s1 = _mm512_add_epi32(s1, d1);
+        s2 = _mm512_add_epi32(s2, d2);
+        s3 = _mm512_add_epi32(s3, d3);
+    }
+    xd->dsum[0] = _mm512_reduce_add_epi32(s0);
+    xd->dsum[1] = _mm512_reduce_add_epi32(s1);
+    xd->dsum[2] = _mm512_reduce_add_epi32(s2);
+    xd->dsum[3] = _mm512_reduce_add_epi32(s3);
+}
+
+/* An int8 row times x's digits: four exact int32 sums of u d (u = w + 128, unsigned, as
+ * vpdpbusd takes it; u d = w d + 128 d), combined in 64 bits. Single rows stream faster here
+ * than four at a time (measured 24-25 against 23-24 GB/s over two threads, rows of 1024). */
+CK_VNNI static float ck_dot_i8_vnni(const int8_t *w, const CkXd *xd, int n) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int8_t *d = xd->d;
+    const size_t np = (size_t)xd->npad;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        CK_PF(w + i);
+        __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + i)), flip);
+        a0 = _mm512_dpbusd_epi32(a0, u, _mm512_loadu_si512((const void *)(d + i)));
+        a1 = _mm512_dpbusd_epi32(a1, u, _mm512_loadu_si512((const void *)(d + np + i)));
+        a2 = _mm512_dpbusd_epi32(a2, u, _mm512_loadu_si512((const void *)(d + 2 * np + i)));
+        a3 = _mm512_dpbusd_epi32(a3, u, _mm512_loadu_si512((const void *)(d + 3 * np + i)));
+    }
+    if (i < n) {  /* the digits are zero past n: the tail's u = 128 there adds nothing */
+        __mmask64 k = ~0ULL >> (64 - (n - i));
+        __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, w + i), flip);
+        a0 = _mm512_dpbusd_epi32(a0, u, _mm512_loadu_si512((const void *)(d + i)));
+        a1 = _mm512_dpbusd_epi32(a1, u, _mm512_loadu_si512((const void *)(d + np + i)));
+        a2 = _mm512_dpbusd_epi32(a2, u, _mm512_loadu_si512((const void *)(d + 2 * np + i)));
+        a3 = _mm512_dpbusd_epi32(a3, u, _mm512_loadu_si512((const void *)(d + 3 * np + i)));
+    }
+    int64_t t = (int64_t)_mm512_reduce_add_epi32(a0) - 128LL * xd->dsum[0];
+    t = t * 256 + (int64_t)_mm512_reduce_add_epi32(a1) - 128LL * xd->dsum[1];
+    t = t * 256 + (int64_t)_mm512_reduce_add_epi32(a2) - 128LL * xd->dsum[2];
+    t = t * 256 + (int64_t)_mm512_reduce_add_epi32(a3) - 128LL * xd->dsum[3];
+    return (float)((double)t * xd->scale);
+}
+
 /* Whole blocks of an int4 row as fp32 (`of`) or bf16 (`oh`, round to nearest even); returns
  * how many weights it wrote (the caller does the rest). */
 CK_AVX512 static int ck_i4_dequant_avx512(const uint8_t *w, const uint16_t *gs, int group, int n,
@@ -667,7 +762,8 @@ static void ck_init(void) {
                __builtin_cpu_supports("f16c");
     int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    ck_isa_max = avx512 ? CK_ISA_AVX512 : avx2 ? CK_ISA_AVX2 : CK_ISA_SCALAR;
+    int vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+    ck_isa_max = vnni ? CK_ISA_VNNI : avx512 ? CK_ISA_AVX512 : avx2 ? CK_ISA_AVX2 : CK_ISA_SCALAR;
 #endif
     ck_isa = ck_isa_max;
     ck_use_avx2 = ck_isa >= CK_ISA_AVX2;
@@ -679,6 +775,38 @@ static int ck_set_isa(int level) {
     if (level < ck_isa) ck_isa = level < 0 ? 0 : level;
     ck_use_avx2 = ck_isa >= CK_ISA_AVX2;
     return ck_isa;
+}
+
+/* xd <- x's digits where int8 products take them (CK_ISA_VNNI, n <= CK_XD_MAX_N, x finite:
+ * a NaN or Inf must reach the outputs as the fp32 kernels give it); else xd->ok = 0. */
+static void ck_xd_prepare(CkXd *xd, const float *x, int n) {
+    xd->ok = 0;
+#if CK_X86
+    if (ck_isa < CK_ISA_VNNI || n < 1 || n > CK_XD_MAX_N) return;
+    size_t np = ((size_t)n + 63) & ~(size_t)63, need = 4 * np;
+    if (xd->cap < need) {
+        free(xd->d);
+        xd->d = aligned_alloc(64, need);
+        xd->cap = xd->d ? need : 0;
+        if (!xd->d) return;
+    }
+    float mx = ck_absmax_avx512(x, n);
+    if (mx < 0) return;  /* NaN or Inf */
+    size_t done = ((size_t)n + 15) & ~(size_t)15;  /* what the digit stores cover */
+    for (int k = 0; k < 4; k++) memset(xd->d + k * np + done, 0, np - done);
+    xd->n = n;
+    xd->npad = (int)np;
+    xd->scale = mx > 0 ? mx / 1073741824.0f : 1.0f;  /* max|X| = 2^30 */
+    ck_xd_digits_avx512(x, n, xd, 1.0f / xd->scale);
+    xd->ok = 1;
+#else
+    (void)x, (void)n;
+#endif
+}
+
+static inline void ck_xd_free(CkXd *xd) {
+    free(xd->d);
+    memset(xd, 0, sizeof *xd);
 }
 
 static inline float ck_epilogue(int ep, float y) {
@@ -733,9 +861,20 @@ static float ck_dot_row(const CkMat *m, int r, const float *x) {
     }
 }
 
-/* Rows [r0, r1) of y = M x, each passed through `ep` (EP_ADD: dst[r] += y). */
-static void ck_gemv_rows(const CkMat *m, const float *x, float *dst, int ep, int r0, int r1) {
+/* Rows [r0, r1) of y = M x, each passed through `ep` (EP_ADD: dst[r] += y); `xd`: x's digits
+ * for an int8 M (ck_xd_prepare), or NULL. */
+static void ck_gemv_rows(const CkMat *m, const float *x, const CkXd *xd, float *dst, int ep,
+                         int r0, int r1) {
 #if CK_X86
+    if (m->dtype == CK_I8 && xd && xd->ok && xd->n == m->in && ck_isa >= CK_ISA_VNNI) {
+        for (; r0 < r1; r0++) {
+            float v = ck_dot_i8_vnni((const int8_t *)m->w + (size_t)r0 * m->in, xd, m->in) *
+                      m->scale[r0];
+            if (ep == EP_ADD) dst[r0] += v;
+            else dst[r0] = ck_epilogue(ep, v);
+        }
+        return;
+    }
     if (m->dtype == CK_I8 && ck_isa >= CK_ISA_AVX512) {
         int n = m->in;
         for (; r0 + 4 <= r1; r0 += 4) {
@@ -842,6 +981,7 @@ typedef void (*CkChunkFn)(const CkPhase *ph, int chunk);
 typedef struct {
     const CkMat *m;
     const float *x;
+    const CkXd *xd;        /* x's digits for an int8 m (VNNI), or NULL */
     float *dst;
     int ep, rows_per_chunk, first_chunk, n_chunks;
 } CkTask;
@@ -867,6 +1007,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_t threads[CK_MAX_THREADS];
+    CkXd xd[CK_MAX_TASKS];  /* the digits of the phase's int8 tasks' inputs */
 } CkPool;
 
 #define CK_TICKET(seq, total, next) \
@@ -886,7 +1027,7 @@ static void ck_run_chunk(const CkPhase *ph, int chunk) {
             int r0 = (chunk - t->first_chunk) * t->rows_per_chunk;
             int r1 = r0 + t->rows_per_chunk;
             if (r1 > t->m->out) r1 = t->m->out;
-            ck_gemv_rows(t->m, t->x, t->dst, t->ep, r0, r1);
+            ck_gemv_rows(t->m, t->x, t->xd, t->dst, t->ep, r0, r1);
             return;
         }
     }
@@ -994,6 +1135,7 @@ static void ck_pool_stop(CkPool *p) {
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     p->n_threads = 1;
+    for (int i = 0; i < CK_MAX_TASKS; i++) ck_xd_free(&p->xd[i]);
 }
 
 /* Runs the phase described in p->phase with `total` chunks, the caller taking part (or alone,
@@ -1110,9 +1252,21 @@ static int ck_phase_add(CkPool *p, const CkMat *m, const float *x, float *dst, i
         first = last->first_chunk + last->n_chunks;
     }
     if (m == NULL || m->w == NULL || ph->n_tasks == CK_MAX_TASKS) return first;
-    CkTask *t = &ph->tasks[ph->n_tasks++];
+    CkTask *t = &ph->tasks[ph->n_tasks];
     t->m = m;
     t->x = x;
+    t->xd = NULL;
+    if (m->dtype == CK_I8 && ck_isa >= CK_ISA_VNNI) {  /* digits once per input vector */
+        for (int i = 0; i < ph->n_tasks && !t->xd; i++)
+            if (ph->tasks[i].x == x && ph->tasks[i].xd && ph->tasks[i].xd->n == m->in)
+                t->xd = ph->tasks[i].xd;
+        if (!t->xd) {
+            CkXd *xd = &p->xd[ph->n_tasks];
+            ck_xd_prepare(xd, x, m->in);
+            if (xd->ok) t->xd = xd;
+        }
+    }
+    ph->n_tasks++;
     t->dst = dst;
     t->ep = ep;
     t->rows_per_chunk = ck_rows_per_chunk(m);

@@ -223,7 +223,6 @@ static void qg_i8_tile_scalar(const CkMat *m, const QgActs *a, float *y, int r0,
 }
 
 #if CK_X86
-#define CK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 CK_AVX2 static inline int32_t qg_hsum256(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));

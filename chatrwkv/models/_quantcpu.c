@@ -39,7 +39,11 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
                                  EP_STORE);
         ck_run_phase(pool, total);
     } else {
-        ck_gemv_rows(&m, (const float *)(uintptr_t)x, (float *)(uintptr_t)y, EP_STORE, 0, m.out);
+        CkXd xd = {0};
+        if (m.dtype == CK_I8) ck_xd_prepare(&xd, (const float *)(uintptr_t)x, m.in);
+        ck_gemv_rows(&m, (const float *)(uintptr_t)x, &xd, (float *)(uintptr_t)y, EP_STORE, 0,
+                     m.out);
+        ck_xd_free(&xd);
     }
     ck_pool_end(pool);
     Py_END_ALLOW_THREADS

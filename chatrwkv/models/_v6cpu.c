@@ -53,7 +53,7 @@ static void v6_wkv_head(const CkPhase *ph, int h) {
     V6Model *m = (V6Model *)ph->ctx;
     const V6Layer *l = m->cur;
     int N = m->N, o = h * N;
-    ck_gemv_rows(&l->dw2, m->hd, m->w, EP_STORE, o, o + N);
+    ck_gemv_rows(&l->dw2, m->hd, NULL, m->w, EP_STORE, o, o + N);
     for (int i = o; i < o + N; i++) {
         m->w[i] = expf(-expf(l->time_decay[i] + m->w[i]));
         m->g[i] *= ck_sigmoid(m->g[i]);

@@ -54,7 +54,7 @@ class StepModule:
 
     def use_simd(self, level: bool | int) -> int:
         """The best kernels the CPU has (True), the scalar twins (False), or at most `level`
-        (1: AVX2, 2: AVX-512; for tests); returns the level that runs (0 without the module)."""
+        (1: AVX2, 2: AVX-512, 3: AVX-512 with VNNI; for tests); returns the level that runs (0 without the module)."""
         return int(self.module.set_simd(level)) if self.module is not None else 0
 
 
