@@ -23,9 +23,11 @@
  * on the development CPU (int4 times x as two bf16 halves: 10-13 G weights/s against 24-29 for
  * the vpermps kernel, one thread in L2), and rounding x to one bf16 would not keep fp32
  * activations. int4 has no VNNI path: its packing puts four groups of 32 in each dword, which
- * vpdpbusd would sum together (a layout change; benchmarks/ceiling.c's sketch of an int4 kernel
- * with x rounded to int8, in a layout that keeps the groups apart, streams at ~0.8-0.85 of a
- * plain read).
+ * vpdpbusd would sum together. Tried: a 4 x 4 byte transpose per 128-bit lane (vpshufb) to
+ * keep the groups apart, four digits, the digit sums combined in fp32 per block: 23-27 G
+ * weights/s against 21-24 for the vpermps kernel (one thread, 4 M weights), no clear gain, not
+ * kept. benchmarks/ceiling.c's sketch of an int4 kernel with x rounded to int8 (one digit)
+ * streams at ~0.8-0.85 of a plain read.
  *
  * Where the kernels stand (benchmarks/bench_ceiling.py, two threads, rows of 1024): a plain
  * read streams ~30 GB/s, the fp32 kernel 0.96 of it, int8 (fp32 widening) and int4 0.65. int4
