@@ -5,8 +5,9 @@
  *     cc -O2 -pthread -Ichatrwkv/models benchmarks/ceiling.c -o /tmp/ceiling -lm
  *     /tmp/ceiling KIND MIB REPS THREADS COLS
  *
- * KIND: read (a 512-bit load and an integer add per 64 bytes: the memory system alone), fp32,
- * int8, int4 (the C step's kernels from _cpukern.h, fp32 activations), int4q8 (a sketch, not a
+ * KIND: read (_cpukern.h's ck_stream_sum, the bench's bandwidth probe: a 512-bit load and an
+ * integer add per 64 bytes, the memory system alone), fp32, int8, int4 (the C step's kernels
+ * from _cpukern.h, fp32 activations), int4q8 (a sketch, not a
  * chatrwkv kernel: int4 weights times activations rounded to int8 per group of 32, with
  * AVX-512 VNNI's vpdpbusd, as llama.cpp's Q4_0 x Q8_0 dot product does). MIB of [rows, COLS]
  * weights are split between THREADS threads by rows and read REPS times after one warm-up
@@ -69,6 +70,7 @@ CK_VNNI static float dot_int4q8(const uint8_t *w, const uint16_t *gs, const floa
 
 typedef struct {
     int kind, n, reps;
+    size_t rb;               /* bytes a row */
     long r0, r1;
     const uint8_t *w;        /* the weights, in the kind's format */
     const uint16_t *gs;      /* int4: fp16 scales [rows, n / 32] */
@@ -80,23 +82,13 @@ typedef struct {
 
 enum { READ, FP32, INT8, INT4, INT4Q8 };
 
-CK_AVX512 static long long read_all(const uint8_t *p, const uint8_t *end) {
-    __m512i s = _mm512_setzero_si512();
-    for (; p < end; p += 64) {
-        CK_PF(p);
-        s = _mm512_add_epi32(s, _mm512_loadu_si512((const void *)p));
-    }
-    return _mm512_reduce_add_epi32(s);
-}
-
 static void *run(void *arg) {
     Job *j = arg;
     int n = j->n, ng = n / 32;
-    size_t rb = j->kind == FP32 ? 4 * (size_t)n
-                : j->kind == INT8 || j->kind == READ ? (size_t)n : (size_t)n / 2;
+    size_t rb = j->rb;
     for (int k = 0; k < j->reps; k++) {
         if (j->kind == READ) {
-            j->sink += read_all(j->w + j->r0 * rb, j->w + j->r1 * rb);
+            j->sink += ck_stream_sum(j->w + j->r0 * rb, (j->r1 - j->r0) * rb);
             continue;
         }
         for (long r = j->r0; r < j->r1;) {
@@ -160,7 +152,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     ck_init();
-    if (ck_isa < CK_ISA_AVX512 || (kind == INT4Q8 && !__builtin_cpu_supports("avx512vnni"))) {
+    if (ck_isa < (kind == INT4Q8 ? CK_ISA_VNNI : CK_ISA_AVX512)) {
         fprintf(stderr, "ceiling: this CPU lacks AVX-512%s\n", kind == INT4Q8 ? " VNNI" : "");
         return 3;
     }
@@ -187,8 +179,8 @@ int main(int argc, char **argv) {
     Job jobs[64];
     pthread_t tid[64];
     for (int t = 0; t < threads; t++)
-        jobs[t] = (Job){kind, n, 1, rows / threads * t, rows / threads * (t + 1), w, gs, x, xs,
-                        sum8, xq, y, 0};
+        jobs[t] = (Job){kind, n, 1, rb, rows / threads * t, rows / threads * (t + 1), w, gs, x,
+                        xs, sum8, xq, y, 0};
     for (int t = 0; t < threads; t++) run(&jobs[t]);  /* warm-up: pages touched, caches filled */
     for (int t = 0; t < threads; t++) jobs[t].reps = reps;
     double t0 = now_s();

@@ -945,6 +945,54 @@ static inline void ck_i4_dequant_rows(const CkMat *m, int r0, int r1, void *out,
     }
 }
 
+/* ---- a plain read ------------------------------------------------------------------------ */
+
+static uint32_t ck_stream_sum_scalar(const uint8_t *p, size_t n) {
+    uint32_t s = 0, w;
+    for (size_t i = 0; i < n; i += 4) {
+        memcpy(&w, p + i, 4);
+        s += w;
+    }
+    return s;
+}
+
+#if CK_X86
+CK_AVX512 static uint32_t ck_stream_sum_avx512(const uint8_t *p, size_t n) {
+    __m512i s = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        CK_PF(p + i);
+        s = _mm512_add_epi32(s, _mm512_loadu_si512((const void *)(p + i)));
+    }
+    return (uint32_t)_mm512_reduce_add_epi32(s) + ck_stream_sum_scalar(p + i, n - i);
+}
+
+CK_AVX2 static uint32_t ck_stream_sum_avx2(const uint8_t *p, size_t n) {
+    __m256i s = _mm256_setzero_si256(), t = s;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        CK_PF(p + i);
+        s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i *)(p + i)));
+        t = _mm256_add_epi32(t, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+    }
+    uint32_t lanes[8], r = 0;
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi32(s, t));
+    for (int k = 0; k < 8; k++) r += lanes[k];
+    return r + ck_stream_sum_scalar(p + i, n - i);
+}
+#endif
+
+/* The sum mod 2^32 of n bytes' little-endian 32-bit words (n a multiple of 4), read once
+ * through the widest kernel: a plain streaming read, the bench's memory bandwidth probe
+ * (_quantcpu.stream_sum) and benchmarks/ceiling.c's yardstick. */
+static inline uint32_t ck_stream_sum(const uint8_t *p, size_t n) {
+#if CK_X86
+    if (ck_isa >= CK_ISA_AVX512) return ck_stream_sum_avx512(p, n);
+    if (ck_isa >= CK_ISA_AVX2) return ck_stream_sum_avx2(p, n);
+#endif
+    return ck_stream_sum_scalar(p, n);
+}
+
 /* ---- the pool ---------------------------------------------------------------------------
  *
  * The calling thread runs a step as a sequence of phases. A phase is `total` independent chunks

@@ -52,8 +52,8 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
 
 /* stream_sum(address, nbytes, threads): the sum mod 2^32 of the buffer's little-endian 32-bit
  * words (nbytes a multiple of 4), read once in 1 MiB chunks on `threads` threads: the bench's
- * memory bandwidth (membw.py) times this. One 512-bit load and an integer add per 64 bytes, the
- * line after next prefetched as the kernels do (CK_PF): on the 2-core development machine it
+ * memory bandwidth (membw.py) times this. ck_stream_sum: one 512-bit load and an integer add per
+ * 64 bytes, prefetched as the kernels do (CK_PF); on the 2-core development machine it
  * reads ~30 GB/s where torch's sum of a float buffer, whose reduction is compute-bound there
  * (12 GB/s on one thread, 24 on two), understated the bandwidth by a fifth. */
 #define SS_CHUNK (1L << 20)
@@ -63,55 +63,10 @@ typedef struct {
     uint32_t *part;
 } SsJob;
 
-static uint32_t ss_scalar(const uint8_t *p, size_t n) {
-    uint32_t s = 0, w;
-    for (size_t i = 0; i < n; i += 4) {
-        memcpy(&w, p + i, 4);
-        s += w;
-    }
-    return s;
-}
-
-#if CK_X86
-CK_AVX512 static uint32_t ss_avx512(const uint8_t *p, size_t n) {
-    __m512i s = _mm512_setzero_si512();
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        CK_PF(p + i);
-        s = _mm512_add_epi32(s, _mm512_loadu_si512((const void *)(p + i)));
-    }
-    return (uint32_t)_mm512_reduce_add_epi32(s) + ss_scalar(p + i, n - i);
-}
-
-CK_AVX2 static uint32_t ss_avx2(const uint8_t *p, size_t n) {
-    __m256i s = _mm256_setzero_si256(), t = s;
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        CK_PF(p + i);
-        s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i *)(p + i)));
-        t = _mm256_add_epi32(t, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
-    }
-    uint32_t lanes[8], r = 0;
-    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi32(s, t));
-    for (int k = 0; k < 8; k++) r += lanes[k];
-    return r + ss_scalar(p + i, n - i);
-}
-#endif
-
 static void ss_chunk(const CkPhase *ph, int c) {
     const SsJob *j = (const SsJob *)ph->ctx;
     size_t o = (size_t)c * SS_CHUNK, n = j->n - o < (size_t)SS_CHUNK ? j->n - o : (size_t)SS_CHUNK;
-#if CK_X86
-    if (ck_isa >= CK_ISA_AVX512) {
-        j->part[c] = ss_avx512(j->p + o, n);
-        return;
-    }
-    if (ck_isa >= CK_ISA_AVX2) {
-        j->part[c] = ss_avx2(j->p + o, n);
-        return;
-    }
-#endif
-    j->part[c] = ss_scalar(j->p + o, n);
+    j->part[c] = ck_stream_sum(j->p + o, n);
 }
 
 static PyObject *py_stream_sum(PyObject *self, PyObject *args) {
