@@ -121,9 +121,8 @@ CK_AVX512 static void bg_prep_token_avx512(const BgJob *j, int t) {
             lo = _mm512_loadu_ps(x + b);
             hi = _mm512_loadu_ps(x + b + 16);
         } else {
-            lo = _mm512_maskz_loadu_ps(_cvtu32_mask16(n >= 16 ? 0xFFFFu : (1u << n) - 1), x + b);
-            hi = _mm512_maskz_loadu_ps(_cvtu32_mask16(n > 16 ? (1u << (n - 16)) - 1 : 0),
-                                       x + b + 16);
+            lo = _mm512_maskz_loadu_ps(ck_mask16(n), x + b);
+            hi = _mm512_maskz_loadu_ps(ck_mask16(n - 16), x + b + 16);
         }
         _mm512_storeu_ps(o + b, _mm512_permutex2var_ps(lo, ie, hi));
         _mm512_storeu_ps(o + b + 16, _mm512_permutex2var_ps(lo, io, hi));

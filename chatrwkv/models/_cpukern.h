@@ -290,6 +290,11 @@ static float ck_dot_i4_scalar(const uint8_t *w, const uint16_t *gs, int group, c
 #define CK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define CK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512vnni")))
 
+/* The mask of a 16-lane step with `left` elements left: none up to 0, all from 16 on. */
+static inline __mmask16 ck_mask16(int left) {
+    return (__mmask16)(left <= 0 ? 0u : left >= 16 ? 0xFFFFu : (1u << left) - 1);
+}
+
 /* Software prefetch of the weight stream into L2, CK_PF_AHEAD bytes ahead, once per 64-byte
  * line. The hardware prefetchers alone left one core streaming bf16 rows at 9-10 GB/s and int8
  * at 7-9 GB/s while fp32 reached ~15 (fewer bytes per instruction: the core runs out of
@@ -436,7 +441,7 @@ CK_AVX512 static float ck_dot_f32_avx512(const float *w, const float *x, int n) 
     for (; i + 16 <= n; i += 16)
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
     if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, w + i), _mm512_maskz_loadu_ps(k, x + i), a1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
@@ -462,7 +467,7 @@ CK_AVX512 static float ck_dot_bf16_avx512(const uint16_t *w, const float *x, int
         a0 = _mm512_fmadd_ps(ck_bf16x16(CK_LD16(w + i)), _mm512_loadu_ps(x + i), a0);
 #undef CK_LD16
     if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         __m256i h = _mm256_maskz_loadu_epi16(k, w + i);
         a1 = _mm512_fmadd_ps(ck_bf16x16(h), _mm512_maskz_loadu_ps(k, x + i), a1);
     }
@@ -488,7 +493,7 @@ CK_AVX512 static float ck_dot_i8_avx512(const int8_t *w, const float *x, int n) 
         a0 = _mm512_fmadd_ps(ck_i8x16(CK_LD8(w + i)), _mm512_loadu_ps(x + i), a0);
 #undef CK_LD8
     if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         __m128i b = _mm_maskz_loadu_epi8(k, w + i);
         a1 = _mm512_fmadd_ps(ck_i8x16(b), _mm512_maskz_loadu_ps(k, x + i), a1);
     }
@@ -524,7 +529,7 @@ CK_AVX512 static void ck_dot4_i8_avx512(const int8_t *w, size_t ld, const float 
     }
 #undef CK_LD8
     for (; i < n; i += 16) {
-        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         __m512 xa = _mm512_maskz_loadu_ps(k, x + i);
 #define CK_LD8M(p) ck_i8x16(_mm_maskz_loadu_epi8(k, p))
         a0 = _mm512_fmadd_ps(CK_LD8M(w0 + i), xa, a0);
@@ -556,7 +561,7 @@ CK_AVX512 static float ck_dot_i4_avx512(const uint8_t *w, const uint16_t *gs, in
     for (int b0 = 0; b0 < nb; b0 += span) {
         int g0 = b0 * CK_I4_BLOCK / group, cnt = ng - g0 < 64 ? ng - g0 : 64;
         for (int k = 0; k < cnt; k += 16) {
-            __mmask16 mk = (__mmask16)(cnt - k >= 16 ? 0xFFFF : (1u << (cnt - k)) - 1);
+            __mmask16 mk = ck_mask16(cnt - k);
             _mm512_storeu_ps(sf + k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, gs + g0 + k)));
         }
         int b1 = b0 + span < nb ? b0 + span : nb, g_last = -1;
@@ -616,7 +621,7 @@ CK_AVX512 static void ck_dot4_i4g32_avx512(const uint8_t *w, size_t row_bytes, c
         int g0 = 4 * s0, cnt = ng - g0 < 64 ? ng - g0 : 64;
         for (int r = 0; r < 4; r++)
             for (int k = 0; k < cnt; k += 16) {
-                __mmask16 mk = (__mmask16)(cnt - k >= 16 ? 0xFFFF : (1u << (cnt - k)) - 1);
+                __mmask16 mk = ck_mask16(cnt - k);
                 __m256i h = _mm256_maskz_loadu_epi16(mk, gs + (size_t)r * ng + g0 + k);
                 _mm512_storeu_ps(sf[r] + k, _mm512_cvtph_ps(h));
             }
@@ -655,7 +660,7 @@ CK_AVX512 static float ck_absmax_avx512(const float *x, int n) {
     const __m512 big = _mm512_set1_ps(3.4e38f);
     __mmask16 bad = 0;
     for (int i = 0; i < n; i += 16) {
-        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i));
         bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ);  /* > max float, or unordered: NaN */
         m = _mm512_max_ps(m, a);
@@ -670,7 +675,7 @@ CK_AVX512 static void ck_xd_digits_avx512(const float *x, int n, CkXd *xd, float
     int8_t *d = xd->d;
     const size_t np = (size_t)xd->npad;
     for (int i = 0; i < n; i += 16) {
-        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
+        __mmask16 k = ck_mask16(n - i);
         __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vinv));
         __m512i d3 = _mm512_srai_epi32(_mm512_slli_epi32(r, 24), 24);  /* low byte, signed */
         r = _mm512_srai_epi32(_mm512_sub_epi32(r, d3), 8);

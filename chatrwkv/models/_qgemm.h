@@ -507,7 +507,7 @@ CK_VNNI static void qg_v4_pack(const CkMat *m, int r0, int kp, uint8_t *wp, int3
         }
     for (int h = 0; h < 2; h++)  /* scales: 16 rows x 16 groups converted, then transposed */
         for (int g0 = 0; g0 < ng; g0 += 16) {
-            __mmask16 mk = _cvtu32_mask16(ng - g0 >= 16 ? 0xFFFF : (1u << (ng - g0)) - 1);
+            __mmask16 mk = ck_mask16(ng - g0);
             __m512i v[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++) {
@@ -555,8 +555,8 @@ __attribute__((always_inline)) CK_VNNI static inline void qg_v8_body(
         }
     }
     int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
-    __mmask16 k0 = _cvtu32_mask16(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 k1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    __mmask16 k0 = ck_mask16(nr);
+    __mmask16 k1 = ck_mask16(nr - 16);
     __m512i c0 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k0, wsum + r0), 7);
     __m512i c1 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k1, wsum + r0 + 16), 7);
     __m512 d0 = _mm512_maskz_loadu_ps(k0, m->scale + r0);
@@ -626,8 +626,8 @@ __attribute__((always_inline)) CK_VNNI static inline void qg_v4_body(
         }
     }
     int nr = m->out - r0 < QG_PANEL ? m->out - r0 : QG_PANEL;
-    __mmask16 m0 = _cvtu32_mask16(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 m1 = _cvtu32_mask16(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    __mmask16 m0 = ck_mask16(nr);
+    __mmask16 m1 = ck_mask16(nr - 16);
     __m512 cs0 = _mm512_load_ps(d + ng * QG_PANEL), cs1 = _mm512_load_ps(d + ng * QG_PANEL + 16);
 #pragma GCC unroll 8
     for (int j = 0; j < TT; j++) {

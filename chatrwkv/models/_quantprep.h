@@ -91,7 +91,7 @@ CK_AVX512 static void ck_i4_quantize_rows_avx512(const float *w, int rows, int n
             __m512 mx = _mm512_setzero_ps();
             for (int c = 0; c < nv; c++) {
                 int rem = len - 16 * c;
-                __mmask16 k = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
+                __mmask16 k = ck_mask16(rem);
                 v[c] = _mm512_maskz_loadu_ps(k, wr + e0 + 16 * c);
                 mx = _mm512_max_ps(mx, _mm512_abs_ps(v[c]));
             }
@@ -141,7 +141,7 @@ CK_AVX512 static void ck_i4_quantize_rows_avx512(const float *w, int rows, int n
                 int e = b * CK_I4_BLOCK + 16 * j, rem = n - e;
                 __m512 u = eight;
                 if (rem > 0) {
-                    __mmask16 k = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
+                    __mmask16 k = ck_mask16(rem);
                     float d = ck_f16_to_f32(sr[e / group]), inv = d != 0 ? 1.0f / d : 0.0f;
                     u = ck_i4_codes16(_mm512_maskz_loadu_ps(k, wr + e), _mm512_set1_ps(inv));
                 }
@@ -211,7 +211,7 @@ CK_AVX512 static int ck_i8_quantize_rows_avx512(const void *w, int rows, int n, 
         __m512 mx = _mm512_setzero_ps();
         __mmask16 bad = 0;
         for (int i = 0; i < n; i += 16) {
-            __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __mmask16 k = ck_mask16(n - i);
             __m512 v = ck_i8_load16(w, o + i, bf16, k);
             bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), ex), ex);
             mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
@@ -222,7 +222,7 @@ CK_AVX512 static int ck_i8_quantize_rows_avx512(const void *w, int rows, int n, 
         scale[r] = s;
         __m512 sv = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
         for (int i = 0; i < n; i += 16) {
-            __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            __mmask16 k = ck_mask16(n - i);
             __m512 u = _mm512_roundscale_ps(_mm512_div_ps(ck_i8_load16(w, o + i, bf16, k), sv),
                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             u = _mm512_min_ps(_mm512_max_ps(u, lo), hi);
