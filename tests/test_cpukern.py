@@ -35,23 +35,36 @@ def _matrix(dtype: str, w: torch.Tensor, group: int = 32):
     return lin.describe(), lin.dequantize(), lin
 
 
+def _each_level():
+    """Each level of LEVELS this CPU can run (the others are skipped), with its kernels set;
+    the best ones are set again afterwards, however the loop ends."""
+    ck = quant._quantcpu
+    try:
+        for level in LEVELS:
+            if ck.set_simd(level) == level:
+                yield level
+    finally:
+        ck.set_simd(True)
+
+
+def _levels_gemv(desc, x, O, threads=1, fill=123.0):
+    """{level: y} for every level this CPU runs."""
+    out = {}
+    for level in _each_level():
+        y = torch.full((O,), fill)
+        quant._quantcpu.gemv(desc, x.data_ptr(), y.data_ptr(), threads)
+        out[level] = y
+    return out
+
+
 def _check_every_level(desc, exact: torch.Tensor, x: torch.Tensor) -> None:
     want = exact.double() @ x.double()
     scale = (exact.double().abs() @ x.double().abs()).clamp(min=1e-30)
-    ck = quant._quantcpu
-    ran = []
-    try:
-        for level in LEVELS:
-            if ck.set_simd(level) != level:
-                continue  # this CPU cannot run that level
-            y = torch.full((exact.shape[0],), float("nan"))
-            ck.gemv(desc, x.data_ptr(), y.data_ptr())
-            err = ((y.double() - want).abs() / scale).max().item()
-            assert err < REL_TOL, (level, err)
-            ran.append(level)
-    finally:
-        ck.set_simd(True)
-    assert 0 in ran
+    ys = _levels_gemv(desc, x, exact.shape[0], fill=float("nan"))
+    for level, y in ys.items():
+        err = ((y.double() - want).abs() / scale).max().item()
+        assert err < REL_TOL, (level, err)
+    assert 0 in ys
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
@@ -84,33 +97,12 @@ def test_stream_sum_reads_every_word_once(words, threads):
     want = int(buf.long().sum()) % 2**32
     ck = quant._quantcpu
     ran = []
-    try:
-        for level in LEVELS:
-            if ck.set_simd(level) != level:
-                continue
-            assert ck.stream_sum(buf.data_ptr(), 4 * words, threads) == want, level
-            ran.append(level)
-    finally:
-        ck.set_simd(True)
+    for level in _each_level():
+        assert ck.stream_sum(buf.data_ptr(), 4 * words, threads) == want, level
+        ran.append(level)
     assert 0 in ran
     with pytest.raises(ValueError):
         ck.stream_sum(buf.data_ptr(), 3, threads)
-
-
-def _levels_gemv(desc, x, O, threads=1):
-    """{level: y} for every level this CPU runs."""
-    ck = quant._quantcpu
-    out = {}
-    try:
-        for level in LEVELS:
-            if ck.set_simd(level) != level:
-                continue
-            y = torch.full((O,), 123.0)
-            ck.gemv(desc, x.data_ptr(), y.data_ptr(), threads)
-            out[level] = y
-    finally:
-        ck.set_simd(True)
-    return out
 
 
 @pytest.mark.parametrize("threads", [1, 2])
