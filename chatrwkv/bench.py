@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -232,8 +233,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             _progress(f"chatrwkv {dtype or '(default dtype)'} on {facts['path']}")
             spec = {**base, "engine": "chatrwkv", "device": str(device), "dtype": dtype,
                     "chunk_len": args.chunk_len, "label": f"chatrwkv {dtype or 'default'}"}
-            results.append(bandwidth.around(lambda: _run_worker(spec, args.busy))
-                           if bandwidth else _run_worker(spec, args.busy))
+            run = functools.partial(_run_worker, spec, args.busy)
+            results.append(bandwidth.around(run) if bandwidth else run())
         if args.reference:
             _progress(f"official {strategy} on {facts['path']}")
             ref_spec = {**base, "engine": "official", "strategy": strategy,

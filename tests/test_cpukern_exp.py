@@ -53,7 +53,7 @@ def test_avx512_exp_and_sigmoid_against_libm(tmp_path):
     src.write_text(PROGRAM.replace("HEADER", str(HEADER)))
     exe = tmp_path / "exp"
     subprocess.run([cc, "-O2", "-o", str(exe), str(src), "-lm", "-lpthread"], check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
     if out.returncode == 77:
         pytest.skip("this CPU has no AVX-512")
     assert out.returncode == 0

@@ -19,10 +19,10 @@ from .arena import Arena
 from .cpu_step import (
     CK_DTYPES,
     CpuStep,
+    StepModule,
     Unsupported,
     fp32_address,
     matrix,
-    StepModule,
     weight_arena,
 )
 
